@@ -1,0 +1,38 @@
+"""bertpool_fast: fused Triton kernels for BERT-family poolers, drop-in for Hugging Face models.
+
+    import bertpool_fast
+    bertpool_fast.patch(model)          # every BertPooler-form pooler now runs one fused kernel
+    y = bertpool_fast.fused_pooler(hidden_states, weight, bias)   # the op itself
+
+Names are imported on first use, so ``import bertpool_fast`` does not import triton: the command
+line (``python -m bertpool_fast``) can still switch on Triton's interpreter on a machine without
+a GPU, which must happen before triton is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "FastBertPooler": ".module",
+    "fused_pooler": ".ops",
+    "is_bert_pooler_form": ".patching",
+    "patch": ".patching",
+    "unpatch": ".patching",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bertpool_fast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,19 @@
+"""Triton kernels of bertpool_fast: pure ``@triton.jit`` functions, their configs and launchers.
+
+Nothing here knows about ``nn.Module`` or transformers; ``bertpool_fast`` is the PyTorch layer.
+Installed, this folder is the subpackage ``bertpool_fast.kernels``.
+"""
+
+from .activations import ACTIVATIONS
+from .pooler_fwd import POOLER_CONFIGS, PoolerConfig, pick_config, pooler_fwd, pooler_fwd_kernel
+from .runtime import interpreter_enabled
+
+__all__ = [
+    "ACTIVATIONS",
+    "POOLER_CONFIGS",
+    "PoolerConfig",
+    "interpreter_enabled",
+    "pick_config",
+    "pooler_fwd",
+    "pooler_fwd_kernel",
+]

@@ -1,0 +1,45 @@
+"""Activation epilogues shared by every kernel in this package.
+
+Each is applied to the fp32 accumulator before the single cast at the store, so the activation never
+sees a rounded intermediate. ``ACTIVATION`` is a ``tl.constexpr`` string: the branch is resolved at
+compile time and each activation gets its own specialised binary.
+"""
+
+import triton
+import triton.language as tl
+
+# Names the host side accepts; each maps to a branch of ``apply_activation`` below.
+ACTIVATIONS = ("tanh", "gelu", "gelu_tanh", "relu", "identity")
+
+
+@triton.jit
+def tanh_f32(x):
+    # tanh(x) = (1 - e^{-2|x|}) / (1 + e^{-2|x|}) with the sign put back. e^{-2|x|} lies in (0, 1],
+    # so nothing overflows: large |x| gives exactly +-1 (the naive (e^{2x}-1)/(e^{2x}+1) gives
+    # inf/inf = NaN there). Near zero the subtraction cancels, so small |x| uses the odd Taylor
+    # series, whose first omitted term (17x^7/315) is below fp32 rounding for |x| < 1/16.
+    # A NaN stays NaN: every comparison with it is false and the arithmetic propagates it.
+    ax = tl.abs(x)
+    t = tl.exp(-2.0 * ax)
+    big = (1.0 - t) / (1.0 + t)
+    x2 = x * x
+    small = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0)))
+    y = tl.where(x < 0, -big, big)
+    return tl.where(ax < 0.0625, small, y)
+
+
+@triton.jit
+def apply_activation(x, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "tanh":
+        x = tanh_f32(x)
+    elif ACTIVATION == "gelu":
+        # exact GELU, as nn.GELU() and ACT2FN["gelu"]
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        # nn.GELU(approximate="tanh"), ACT2FN["gelu_new"/"gelu_pytorch_tanh"]
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = 0.5 * x * (1.0 + tanh_f32(inner))
+    elif ACTIVATION == "relu":
+        # where() rather than maximum(): maximum(NaN, 0) is 0 on some backends; torch.relu keeps NaN
+        x = tl.where(x < 0.0, 0.0, x)
+    return x

@@ -1,0 +1,176 @@
+"""Fused pooler forward: ``out = act(hidden_states[:, 0] @ weight.T + bias)`` in one launch.
+
+The kernel takes the first-token rows as a strided [M, K] view of ``hidden_states`` (row stride =
+``hidden_states.stride(0)``, column stride = ``hidden_states.stride(2)``), so the gather costs
+nothing and no [B, S, H] tensor is copied. ``weight`` is read in ``nn.Linear`` layout [N, K] through
+its strides. Accumulation is fp32 on tensor cores; bias and activation are applied to the fp32
+accumulator and the result is cast once, at the store, to the output dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .activations import apply_activation
+from .runtime import interpreter_enabled
+
+
+class PoolerConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# Tile table, keyed by the largest M (batch) each row serves. No autotuning: the choice is a pure
+# function of (M, dtype), so it costs nothing on the launch path, never benchmarks at first call,
+# and two runs always pick the same tiles.
+#   * M <= 16 (the common inference case): one M tile and a narrow N tile, so the weight read
+#     (the whole cost at small batch) is spread over N / 32 programs: 24 for H = 768, 128 for 4096.
+#   * block_k is the same in every row of a dtype's table: the K reduction then runs in the same
+#     order whatever the batch, which is what makes a row's result independent of the batch it
+#     arrives in.
+#   * fp32 tiles are half as deep in K: same bytes per stage as fp16, and sm_80's 164 KiB of shared
+#     memory still holds every pipeline.
+_HALF_CONFIGS = (
+    (16, PoolerConfig(16, 32, 64, 4, 4)),
+    (64, PoolerConfig(32, 64, 64, 4, 4)),
+    (256, PoolerConfig(64, 64, 64, 4, 4)),
+    (None, PoolerConfig(128, 128, 64, 8, 3)),
+)
+_FP32_CONFIGS = (
+    (16, PoolerConfig(16, 32, 32, 4, 4)),
+    (64, PoolerConfig(32, 64, 32, 4, 4)),
+    (256, PoolerConfig(64, 64, 32, 4, 4)),
+    (None, PoolerConfig(128, 128, 32, 8, 3)),
+)
+POOLER_CONFIGS = {
+    torch.float16: _HALF_CONFIGS,
+    torch.bfloat16: _HALF_CONFIGS,
+    torch.float32: _FP32_CONFIGS,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def pick_config(m: int, dtype: torch.dtype) -> PoolerConfig:
+    for max_m, config in POOLER_CONFIGS[dtype]:
+        if max_m is None or m <= max_m:
+            return config
+    raise AssertionError("unreachable: the last row of every table has max_m=None")
+
+
+@triton.jit
+def pooler_fwd_kernel(
+    x_ptr,  # [M, K] first-token rows, any strides
+    w_ptr,  # [N, K] nn.Linear weight, any strides
+    b_ptr,  # [N] bias (unused when HAS_BIAS is False)
+    out_ptr,  # [M, N] output, contiguous
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_b,
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    # N tiles vary fastest, so programs that run together share the same X rows and sweep the
+    # (L2-resident) weight.
+    i_n = tl.program_id(0)
+    i_m = tl.program_id(1)
+    # int64: row offsets are B * S * H elements away, past 2^31 for long sequences at large batch
+    o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_k = tl.arange(0, BLOCK_K)
+    m_m = o_m < M
+    m_n = o_n < N
+
+    p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
+    p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        m_k = (k0 + o_k) < K
+        b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
+        b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
+        if UPCAST_OPERANDS:
+            # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
+            # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
+            b_x = b_x.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        acc = tl.dot(b_x, b_w, acc, input_precision=DOT_PRECISION)
+        p_x += BLOCK_K * stride_xk
+        p_w += BLOCK_K * stride_wk
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    acc = apply_activation(acc, ACTIVATION)
+    p_out = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
+    tl.store(p_out, acc.to(out_ptr.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+
+
+def fp32_dot_precision() -> str:
+    """fp32 GEMMs follow torch's own switch, as nn.Linear does: "highest" means IEEE fp32."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def pooler_fwd(
+    x_cls: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    activation: str,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Launch the fused pooler. Inputs are validated by the caller (``bertpool_fast.fused_pooler``).
+
+    x_cls: [M, K] (any strides), weight: [N, K], bias: [N] or None; all of one dtype and device.
+    Returns [M, N] in that dtype.
+    """
+    m, k = x_cls.shape
+    n = weight.shape[0]
+    if out is None:
+        out = torch.empty((m, n), dtype=x_cls.dtype, device=x_cls.device)
+    if m == 0 or n == 0:
+        return out
+    # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
+    config = pick_config(m, x_cls.dtype)
+    is_fp32 = x_cls.dtype == torch.float32
+    grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m))
+    pooler_fwd_kernel[grid](
+        x_cls,
+        weight,
+        bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
+        out,
+        m,
+        n,
+        k,
+        x_cls.stride(0),
+        x_cls.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        bias.stride(0) if bias is not None else 0,
+        out.stride(0),
+        HAS_BIAS=bias is not None,
+        ACTIVATION=activation,
+        DOT_PRECISION=fp32_dot_precision() if is_fp32 else "ieee",
+        UPCAST_OPERANDS=interpreter_enabled() and x_cls.dtype == torch.bfloat16,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return out

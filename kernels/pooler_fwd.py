@@ -174,3 +174,36 @@ def pooler_fwd(
         num_stages=config.num_stages,
     )
     return out
+
+
+def inspection_cases() -> list:
+    """Every shipped (dtype, config) of the forward kernel, as compile-ahead cases."""
+    from .inspection import TRITON_DTYPE, KernelCase
+
+    cases = []
+    for dtype, table in POOLER_CONFIGS.items():
+        t = TRITON_DTYPE[dtype]
+        for max_m, cfg in table:
+            bucket = f"M<={max_m}" if max_m is not None else "M>256"
+            cases.append(
+                KernelCase(
+                    name=f"pooler_fwd {t} {bucket}",
+                    kernel=pooler_fwd_kernel,
+                    signature={
+                        "x_ptr": f"*{t}", "w_ptr": f"*{t}", "b_ptr": f"*{t}", "out_ptr": f"*{t}",
+                        "M": "i32", "N": "i32", "K": "i32",
+                        "stride_xm": "i64", "stride_xk": "i32", "stride_wn": "i32",
+                        "stride_wk": "i32", "stride_b": "i32", "stride_om": "i32",
+                    },
+                    constexprs={
+                        "HAS_BIAS": True, "ACTIVATION": "tanh",
+                        "DOT_PRECISION": "ieee", "UPCAST_OPERANDS": False,
+                        "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                    },
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                    dtype=dtype,
+                    expects_tensor_cores=dtype != torch.float32,
+                )
+            )
+    return cases

@@ -1,0 +1,29 @@
+"""What it takes to compile a kernel configuration ahead of time, for a GPU this machine lacks.
+
+Every kernel module lists its shipped configurations as ``KernelCase``s (``inspection_cases()``);
+``python -m bertpool_fast inspect`` compiles each for a named target and reads registers, spills,
+shared memory and tensor-core use from the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    name: str  # readable id, e.g. "pooler_fwd fp16 M<=16"
+    kernel: Any  # the @triton.jit function
+    signature: dict[str, str]  # every non-constexpr argument -> Triton type ("*fp16", "i32")
+    constexprs: dict[str, Any]  # every tl.constexpr argument -> its value
+    num_warps: int
+    num_stages: int
+    dtype: torch.dtype = torch.float16
+    # True where the case must use tensor cores (mma / wgmma): fp16/bf16 GEMM tiles
+    expects_tensor_cores: bool = False
+    tags: dict[str, Any] = field(default_factory=dict)

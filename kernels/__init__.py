@@ -5,7 +5,7 @@ Installed, this folder is the subpackage ``bertpool_fast.kernels``.
 """
 
 from .activations import ACTIVATIONS
-from .pooler_fwd import POOLER_CONFIGS, PoolerConfig, pick_config, pooler_fwd, pooler_fwd_kernel
+from .pooler import POOLER_CONFIGS, PoolerConfig, pick_config, pooler_fwd, pooler_fwd_kernel
 from .runtime import interpreter_enabled
 
 __all__ = [

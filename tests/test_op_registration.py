@@ -1,0 +1,74 @@
+"""The torch.library registration: fake implementation, autograd, tracing by torch.compile."""
+
+import pytest
+import torch
+
+import bertpool_fast
+from bertpool_fast.ops import pooler_op
+from conftest import KERNEL_DEVICE, assert_close_rel
+
+
+def test_opcheck():
+    # torch.library.opcheck runs the schema, fake-tensor, autograd-registration and
+    # (de)functionalization checks that torch.compile relies on.
+    x = torch.randn(4, 3, 32, device=KERNEL_DEVICE)[:, 0]
+    w = torch.randn(24, 32, device=KERNEL_DEVICE, requires_grad=True)
+    b = torch.randn(24, device=KERNEL_DEVICE, requires_grad=True)
+    torch.library.opcheck(pooler_op, (x, w, b, "tanh", "triton"))
+    torch.library.opcheck(pooler_op, (x, w, None, "gelu", "torch"))
+
+
+def test_fullgraph_trace_without_a_gpu():
+    # backend="eager" traces with Dynamo (fake tensors through register_fake) but runs the op as
+    # is, so this checks the graph has no break without needing a GPU compiler.
+    hidden = torch.randn(3, 4, 32, device=KERNEL_DEVICE)
+    weight = torch.randn(16, 32, device=KERNEL_DEVICE)
+    bias = torch.randn(16, device=KERNEL_DEVICE)
+    compiled = torch.compile(
+        lambda h: bertpool_fast.fused_pooler(h, weight, bias), fullgraph=True, backend="eager"
+    )
+    assert_close_rel(compiled(hidden), torch.tanh(hidden[:, 0] @ weight.t() + bias), torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_torch_compile_fullgraph_on_gpu(dtype):
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertPooler
+
+    config = BertConfig(hidden_size=768)
+    eager = BertPooler(config).cuda().to(dtype).eval()
+    fast = bertpool_fast.FastBertPooler.from_pooler(eager)
+    compiled = torch.compile(fast, fullgraph=True)
+    hidden = torch.randn(8, 128, 768, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        assert_close_rel(compiled(hidden), eager(hidden), dtype, scale=2.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_graph_capture(dtype):
+    hidden = torch.randn(16, 64, 768, device="cuda", dtype=dtype)
+    weight = torch.randn(768, 768, device="cuda", dtype=dtype) * 768**-0.5
+    bias = torch.randn(768, device="cuda", dtype=dtype)
+    expected = bertpool_fast.fused_pooler(hidden, weight, bias)  # also compiles the kernel
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        bertpool_fast.fused_pooler(hidden, weight, bias)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = bertpool_fast.fused_pooler(hidden, weight, bias)
+    hidden.copy_(torch.randn_like(hidden))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close_rel(out, bertpool_fast.fused_pooler(hidden, weight, bias), dtype)
+    assert not torch.equal(out, expected)  # the replay saw the new input
+
+
+@pytest.mark.gpu
+def test_compiled_kernel_uses_no_interpreter():
+    from bertpool_fast.kernels import interpreter_enabled
+
+    assert not interpreter_enabled(), "GPU tests must exercise the compiled kernel"

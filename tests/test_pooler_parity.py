@@ -1,0 +1,200 @@
+"""Parity of the fused pooler kernel against a float64 reference, over shapes, dtypes and layouts."""
+
+import pytest
+import torch
+
+import bertpool_fast
+from bertpool_fast.kernels import POOLER_CONFIGS, pooler_fwd
+from conftest import KERNEL_DEVICE, REL_TOL, assert_close_rel, poisoned, randn, rel_error
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+
+
+def make_inputs(b, s, h_in, h_out, dtype, bias=True, device=KERNEL_DEVICE):
+    # Scaled like a trained pooler: pre-activations of order 1, so tanh is neither linear nor flat.
+    hidden = randn(b, s, h_in, dtype=dtype, device=device)
+    weight = randn(h_out, h_in, dtype=dtype, device=device, scale=h_in**-0.5)
+    b_ = randn(h_out, dtype=dtype, device=device, scale=0.5) if bias else None
+    return hidden, weight, b_
+
+
+def reference64(hidden, weight, bias, activation="tanh"):
+    from bertpool_fast.reference import pooler_reference
+
+    return pooler_reference(
+        hidden[:, 0].double(), weight.double(), None if bias is None else bias.double(), activation
+    )
+
+
+# (B, S, H_in, H_out): the issue's hidden sizes, odd sizes, N != K, and every batch bucket edge of
+# the tile table (16/17, 64/65, 256/257) so each config and its masked edge tiles run.
+SHAPES = [
+    pytest.param(1, 1, 128, 128, id="B1-S1-H128"),
+    pytest.param(2, 3, 384, 384, id="B2-H384"),
+    pytest.param(1, 5, 768, 768, id="B1-H768"),
+    pytest.param(3, 2, 1024, 1024, id="B3-H1024"),
+    pytest.param(5, 4, 33, 33, id="B5-H33-odd"),
+    pytest.param(7, 3, 312, 312, id="B7-H312-odd"),
+    pytest.param(16, 2, 40, 72, id="B16-bucket-edge-N>K"),
+    pytest.param(17, 2, 72, 40, id="B17-bucket-edge-N<K"),
+    pytest.param(65, 2, 48, 33, id="B65-bucket-edge"),
+    pytest.param(257, 2, 40, 24, id="B257-large-tiles"),
+    pytest.param(2, 2, 4096, 96, id="K4096-N96"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("b,s,h_in,h_out", SHAPES)
+def test_parity_against_float64(b, s, h_in, h_out, dtype):
+    hidden, weight, bias = make_inputs(b, s, h_in, h_out, dtype)
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    assert out.shape == (b, h_out) and out.dtype == dtype and out.device == hidden.device
+    assert_close_rel(out, reference64(hidden, weight, bias), dtype)
+
+
+def test_parity_square_4096_bf16():
+    # The largest hidden size the issue names, square; one dtype only because the interpreter
+    # takes ~10 s for it (bf16, the dtype the interpreter needs a workaround for).
+    hidden, weight, bias = make_inputs(1, 2, 4096, 4096, torch.bfloat16)
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    assert_close_rel(out, reference64(hidden, weight, bias), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_every_element_written(dtype):
+    # The output starts as NaN; a tile the grid misses or a mask that drops a column fails here.
+    b, h_in, h_out = 37, 70, 50
+    hidden, weight, bias = make_inputs(b, 3, h_in, h_out, dtype)
+    out = poisoned((b, h_out), dtype, hidden.device)
+    pooler_fwd(hidden[:, 0], weight, bias, "tanh", out=out)
+    assert not torch.isnan(out).any()
+    assert_close_rel(out, reference64(hidden, weight, bias), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_without_bias(dtype):
+    hidden, weight, _ = make_inputs(4, 2, 64, 48, dtype, bias=False)
+    out = bertpool_fast.fused_pooler(hidden, weight, None, backend="triton")
+    assert_close_rel(out, reference64(hidden, weight, None), dtype)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "gelu_tanh", "relu", "identity"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_activations(activation, dtype):
+    hidden, weight, bias = make_inputs(6, 2, 64, 40, dtype)
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, activation=activation, backend="triton")
+    assert_close_rel(out, reference64(hidden, weight, bias, activation), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_transposed_hidden_states(dtype):
+    # (S, B, H) storage seen as (B, S, H): row stride is H, token stride is B*H - no copy made.
+    s, b, h = 5, 6, 96
+    hidden = randn(s, b, h, dtype=dtype).transpose(0, 1)
+    assert not hidden.is_contiguous()
+    _, weight, bias = make_inputs(1, 1, h, 80, dtype)
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    assert_close_rel(out, reference64(hidden, weight, bias), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_hidden_slice_of_wider_tensor(dtype):
+    # An H-slice of a wider buffer, and a non-contiguous weight (a column slice).
+    wide = randn(4, 3, 160, dtype=dtype)
+    hidden = wide[:, :, 16:112]
+    weight = randn(72, 200, dtype=dtype, scale=96**-0.5)[:, 50:146]
+    bias = randn(72, dtype=dtype)
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    assert_close_rel(out, reference64(hidden, weight, bias), dtype)
+
+
+def test_transposed_weight_storage():
+    # weight given as the transpose of a [K, N] buffer: read through its strides, never copied.
+    h_in, h_out = 64, 48
+    weight = randn(h_in, h_out, dtype=torch.float16, scale=h_in**-0.5).t()
+    hidden = randn(3, 2, h_in, dtype=torch.float16)
+    out = bertpool_fast.fused_pooler(hidden, weight, None, backend="triton")
+    assert_close_rel(out, reference64(hidden, weight, None), torch.float16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_empty_batch(dtype):
+    hidden, weight, bias = make_inputs(0, 3, 32, 24, dtype)
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    assert out.shape == (0, 24) and out.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_tanh_saturates_exactly(dtype):
+    # Pre-activations of +-1e4 (and +-1e30 in fp32) must give exactly +-1, never NaN or inf.
+    h = 32
+    hidden = torch.ones(2, 1, h, dtype=dtype, device=KERNEL_DEVICE)
+    hidden[1] = -1
+    weight = torch.full((16, h), 300.0, dtype=dtype, device=KERNEL_DEVICE)
+    weight[8:] *= -1
+    bias = None
+    if dtype == torch.float32:
+        bias = torch.full((16,), 1e30, device=KERNEL_DEVICE)
+        bias[8:] *= -1
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    expected = torch.sign(reference64(hidden, weight, bias))
+    assert torch.equal(out.double().cpu(), expected.cpu())
+
+
+@pytest.mark.parametrize("value", [1e-3, -1e-3, 0.03, -0.05, 0.0625, 0.2, -3.0])
+def test_tanh_accuracy_near_zero(value):
+    # The kernel switches from a Taylor series to the exponential form at |x| = 1/16; both sides
+    # of the switch must be accurate to fp32 rounding (relative, elementwise).
+    hidden = torch.full((1, 1, 16), 1.0, device=KERNEL_DEVICE)
+    weight = torch.zeros(16, 16, device=KERNEL_DEVICE)
+    weight[:, 0] = value
+    out = bertpool_fast.fused_pooler(hidden, weight, None, backend="triton")
+    expected = torch.tanh(torch.tensor(value, dtype=torch.float64))
+    assert abs(out[0, 0].item() - expected.item()) <= 4 * 2**-24 * abs(expected.item())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_nan_stays_in_its_row(dtype):
+    hidden, weight, bias = make_inputs(5, 2, 48, 40, dtype)
+    hidden[2, 0, 7] = float("nan")
+    hidden[3, 1, 0] = float("nan")  # not a first-token row: must not matter
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    assert torch.isnan(out[2]).all()
+    clean = [0, 1, 3, 4]
+    assert not torch.isnan(out[clean]).any()
+    assert_close_rel(out[clean], reference64(hidden, weight, bias)[clean], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_deterministic(dtype):
+    hidden, weight, bias = make_inputs(20, 2, 96, 64, dtype)
+    first = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    for _ in range(2):
+        again = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+        assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_auto_backend_matches_torch_backend(dtype):
+    hidden, weight, bias = make_inputs(3, 2, 64, 64, dtype)
+    auto = bertpool_fast.fused_pooler(hidden, weight, bias)
+    torch_path = bertpool_fast.fused_pooler(hidden, weight, bias, backend="torch")
+    ref = reference64(hidden, weight, bias)
+    assert_close_rel(auto, ref, dtype)
+    assert_close_rel(torch_path, ref, dtype)
+
+
+def test_torch_backend_float64():
+    hidden, weight, bias = make_inputs(3, 2, 16, 8, torch.float64, device="cpu")
+    out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="torch")
+    assert rel_error(out, reference64(hidden, weight, bias)) <= REL_TOL[torch.float64]
+
+
+def test_tile_table_covers_every_batch():
+    # Every dtype's table ends in an open bucket and keeps one block_k (batch invariance needs it).
+    for dtype, table in POOLER_CONFIGS.items():
+        assert table[-1][0] is None, dtype
+        assert len({cfg.block_k for _, cfg in table}) == 1, dtype
+        bounds = [m for m, _ in table[:-1]]
+        assert bounds == sorted(bounds), dtype

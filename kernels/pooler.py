@@ -66,6 +66,56 @@ def pick_config(m: int, dtype: torch.dtype) -> PoolerConfig:
 
 
 @triton.jit
+def pooled_tile(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    o_m,
+    o_n,
+    m_m,
+    m_n,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_b,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """act(X[o_m] @ W[o_n].T + b[o_n]) as an fp32 [BLOCK_M, BLOCK_N] block, never stored.
+
+    Shared by the pooler (which stores it) and the classifier head (which feeds it to a second
+    GEMM), so both run the very same K loop. o_m / o_n are int64 offsets; m_m / m_n their bounds.
+    """
+    o_k = tl.arange(0, BLOCK_K)
+    p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
+    p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        m_k = (k0 + o_k) < K
+        b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
+        b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
+        if UPCAST_OPERANDS:
+            # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
+            # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
+            b_x = b_x.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        acc = tl.dot(b_x, b_w, acc, input_precision=DOT_PRECISION)
+        p_x += BLOCK_K * stride_xk
+        p_w += BLOCK_K * stride_wk
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    return apply_activation(acc, ACTIVATION)
+
+
+@triton.jit
 def pooler_fwd_kernel(
     x_ptr,  # [M, K] first-token rows, any strides
     w_ptr,  # [N, K] nn.Linear weight, any strides
@@ -95,29 +145,13 @@ def pooler_fwd_kernel(
     # int64: row offsets are B * S * H elements away, past 2^31 for long sequences at large batch
     o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    o_k = tl.arange(0, BLOCK_K)
     m_m = o_m < M
     m_n = o_n < N
-
-    p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
-    p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
-        b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-        if UPCAST_OPERANDS:
-            # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
-            # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
-            b_x = b_x.to(tl.float32)
-            b_w = b_w.to(tl.float32)
-        acc = tl.dot(b_x, b_w, acc, input_precision=DOT_PRECISION)
-        p_x += BLOCK_K * stride_xk
-        p_w += BLOCK_K * stride_wk
-
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    acc = apply_activation(acc, ACTIVATION)
+    acc = pooled_tile(
+        x_ptr, w_ptr, b_ptr, o_m, o_n, m_m, m_n, K,
+        stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
+        HAS_BIAS, ACTIVATION, DOT_PRECISION, UPCAST_OPERANDS, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
     p_out = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
     tl.store(p_out, acc.to(out_ptr.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
 

@@ -17,6 +17,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "FastBertPooler": ".module",
+    "FastContextPooler": ".module",
+    "apply_to_transformers": ".class_patch",
+    "revert_transformers": ".class_patch",
     "fused_pooler": ".ops",
     "is_bert_pooler_form": ".patching",
     "patch": ".patching",

@@ -1,4 +1,11 @@
-"""``FastBertPooler``: a drop-in ``BertPooler`` whose forward is the fused kernel."""
+"""The fast poolers: drop-in modules, and the fused forwards they share with the class-level switch.
+
+Each ``fused_*_forward(pooler, hidden_states)`` returns the pooler's output from one fused kernel,
+or None when this call cannot be fused (an activation the kernel lacks, dropout active in training,
+a hook that must run, an input that is not [batch, seq, hidden]); the caller then runs the eager
+computation. ``FastBertPooler`` / ``FastContextPooler`` use them, and so does
+:mod:`bertpool_fast.class_patch`, which installs them as the ``forward`` of transformers' classes.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,52 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .activation_modules import activation_name
+from .activation_modules import activation_name, hf_activation_name, is_overridden, is_plain_linear
 from .ops import fused_pooler
+
+
+def _fuse(hidden_states: torch.Tensor, dense: nn.Module, activation: Optional[str]):
+    if activation is None or not is_plain_linear(dense):
+        return None
+    if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
+        return None  # the eager forward decides what such an input means (or how it fails)
+    return fused_pooler(hidden_states, dense.weight, dense.bias, activation=activation)
+
+
+def fused_bert_forward(pooler: nn.Module, hidden_states: torch.Tensor) -> Optional[torch.Tensor]:
+    """``activation(dense(hidden_states[:, 0]))``: BertPooler and its ~40 renamed copies, ViT's."""
+    # activation_name is a few type checks: cheap enough per call, and nothing is cached on the
+    # instance, which the class-level switch must leave untouched
+    return _fuse(hidden_states, pooler.dense, activation_name(pooler.activation))
+
+
+def fused_context_forward(pooler: nn.Module, hidden_states: torch.Tensor) -> Optional[torch.Tensor]:
+    """DeBERTa's ``ContextPooler``: ``ACT2FN[pooler_hidden_act](dense(dropout(h[:, 0])))``."""
+    dropout = pooler.dropout
+    # Dropout is the identity in eval mode or at p = 0; a live dropout must run eagerly.
+    if type(dropout) is not nn.Dropout or is_overridden(dropout):
+        return None
+    if dropout.training and dropout.p > 0:
+        return None
+    return _fuse(hidden_states, pooler.dense, hf_activation_name(pooler.config.pooler_hidden_act))
+
+
+def fused_mobilebert_forward(
+    pooler: nn.Module, hidden_states: torch.Tensor
+) -> Optional[torch.Tensor]:
+    """MobileBertPooler: ``tanh(dense(h[:, 0]))``, or the bare first token (not fused)."""
+    if not pooler.do_activate:
+        return None  # returns a view of the first token: nothing to fuse
+    return _fuse(hidden_states, pooler.dense, "tanh")
 
 
 class FastBertPooler(nn.Module):
     """Same submodules and ``state_dict`` keys as ``BertPooler`` (``dense``, ``activation``).
 
     ``forward(hidden_states)`` returns ``activation(dense(hidden_states[:, 0]))`` from one fused
-    kernel. If ``activation`` is replaced by a module the kernel does not reproduce, the module
-    falls back to the eager computation rather than give a different answer.
+    kernel. ``dense`` may be non-square (ViT's ``pooler_output_size``). If ``activation`` or
+    ``dense`` is replaced by a module the kernel does not reproduce, the module falls back to the
+    eager computation rather than give a different answer.
     """
 
     def __init__(self, config=None, *, hidden_size: Optional[int] = None) -> None:
@@ -29,6 +72,25 @@ class FastBertPooler(nn.Module):
         self.activation = nn.Tanh()
 
     @classmethod
+    def from_parts(cls, dense: nn.Linear, activation: nn.Module, training: bool = False):
+        """A fast pooler around existing modules, shared, not copied."""
+        if not isinstance(dense, nn.Linear) or not isinstance(activation, nn.Module):
+            raise TypeError(
+                "FastBertPooler needs `dense` (nn.Linear) and `activation` (nn.Module), got "
+                f"{type(dense).__name__} and {type(activation).__name__}"
+            )
+        if activation_name(activation) is None:
+            raise ValueError(
+                f"activation {type(activation).__name__} has no fused kernel equivalent"
+            )
+        fast = cls.__new__(cls)
+        nn.Module.__init__(fast)
+        fast.dense = dense
+        fast.activation = activation
+        fast.train(training)
+        return fast
+
+    @classmethod
     def from_pooler(cls, pooler: nn.Module) -> "FastBertPooler":
         """Wrap an existing pooler, sharing its ``dense`` and ``activation`` (no parameter copy)."""
         dense = getattr(pooler, "dense", None)
@@ -38,31 +100,49 @@ class FastBertPooler(nn.Module):
                 "from_pooler needs a module with `dense` (nn.Linear) and `activation` (nn.Module), "
                 f"got {type(pooler).__name__}"
             )
-        if activation_name(act) is None:
-            raise ValueError(
-                f"from_pooler: activation {type(act).__name__} has no fused kernel equivalent"
-            )
-        fast = cls.__new__(cls)
-        nn.Module.__init__(fast)
-        fast.dense = dense
-        fast.activation = act
+        return cls.from_parts(dense, act, pooler.training)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        out = fused_bert_forward(self, hidden_states)
+        if out is None:
+            return self.activation(self.dense(hidden_states[:, 0]))
+        return out
+
+    def extra_repr(self) -> str:
+        return "fused=triton"
+
+
+class FastContextPooler(nn.Module):
+    """DeBERTa's ``ContextPooler`` (also DeBERTa-v2, SEW-D): ``dense``, ``dropout``, ``config``.
+
+    The activation is ``ACT2FN[config.pooler_hidden_act]``, read on every call as the original
+    does. In training mode with dropout p > 0 the eager computation runs (dropout draws a mask).
+    """
+
+    def __init__(self, dense: nn.Linear, dropout: nn.Module, config) -> None:
+        super().__init__()
+        self.dense = dense
+        self.dropout = dropout
+        self.config = config
+
+    @classmethod
+    def from_pooler(cls, pooler: nn.Module) -> "FastContextPooler":
+        fast = cls(pooler.dense, pooler.dropout, pooler.config)
         fast.train(pooler.training)
         return fast
 
-    def _kernel_activation(self) -> Optional[str]:
-        # Resolved once per activation module, not on every call; re-resolved if it is swapped.
-        act = self.activation
-        cached = self.__dict__.get("_activation_cache")
-        if cached is None or cached[0] is not act:
-            cached = (act, activation_name(act))
-            self.__dict__["_activation_cache"] = cached
-        return cached[1]
+    @property
+    def output_dim(self) -> int:
+        return self.config.hidden_size
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        name = self._kernel_activation()
-        if name is None:
-            return self.activation(self.dense(hidden_states[:, 0]))
-        return fused_pooler(hidden_states, self.dense.weight, self.dense.bias, activation=name)
+        out = fused_context_forward(self, hidden_states)
+        if out is None:
+            from transformers.activations import ACT2FN
+
+            pooled = self.dense(self.dropout(hidden_states[:, 0]))
+            return ACT2FN[self.config.pooler_hidden_act](pooled)
+        return out
 
     def extra_repr(self) -> str:
         return "fused=triton"

@@ -4,6 +4,11 @@ Inference calls (no gradient needed, not being traced by torch.compile) go strai
 launcher: the ``torch.library`` dispatch costs several microseconds per call, which is as much as
 the kernel itself at small batch. Everything else goes through the registered custom op, which is
 what lets ``torch.compile(fullgraph=True)`` trace it and autograd differentiate it.
+
+Training: with backend "triton" the backward is two more custom ops around the Triton backward
+kernels (kernels/pooler_bwd.py), opaque to torch.compile like the forward; with backend "torch" it
+is the plain-PyTorch reference, itself differentiable (double backward, gradgradcheck).
+Under ``torch.autocast`` the inputs are cast first, exactly as eager ``nn.Linear`` casts them.
 """
 
 from __future__ import annotations
@@ -12,8 +17,17 @@ from typing import Optional
 
 import torch
 
-from .kernels import ACTIVATIONS, interpreter_enabled, pooler_fwd
-from .reference import pooler_backward_reference, pooler_reference
+import torch.nn.functional as F
+
+from .kernels import (
+    ACTIVATIONS,
+    BWD_ACTIVATIONS,
+    interpreter_enabled,
+    pooler_bwd_dw,
+    pooler_bwd_dx,
+    pooler_fwd,
+)
+from .reference import activation_grad, pooler_backward_reference, pooler_reference
 
 BACKENDS = ("auto", "triton", "torch")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -98,38 +112,129 @@ def _forward(x_cls, weight, bias, activation: str, backend: str) -> torch.Tensor
     return pooler_reference(x_cls, weight, bias, activation)
 
 
+# The op takes the whole hidden_states, not the hidden_states[:, 0] view, so that its backward can
+# return the [B, S, H] gradient itself: the dX kernel writes its rows straight into row 0 of one
+# zeroed buffer. Through a view, autograd's SelectBackward would allocate that same zeroed buffer
+# and copy a separate [B, H] dX into it: one more allocation, one more launch, 2 * B * H more
+# elements moved. The zeros themselves cannot be avoided: autograd needs a dense gradient of the
+# input's shape, dtype, device and layout (an expanded or sparse tensor cannot have row 0 non-zero
+# and the rest zero, and the producer's backward - LayerNorm in BERT - reads it densely anyway).
+# A 2-D [M, K] input is also accepted and taken as the first-token rows themselves.
 @torch.library.custom_op("bertpool_fast::pooler", mutates_args=())
 def pooler_op(
-    x_cls: torch.Tensor,
+    hidden_states: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
     activation: str,
     backend: str,
 ) -> torch.Tensor:
-    """act(x_cls @ weight.T + bias); x_cls may be any strided [M, K] view."""
-    return _forward(x_cls, weight, bias, activation, backend)
+    """act(hidden_states[:, 0] @ weight.T + bias); the first-token rows are read in place."""
+    return _forward(_first_rows(hidden_states), weight, bias, activation, backend)
 
 
 @pooler_op.register_fake
-def _pooler_fake(x_cls, weight, bias, activation, backend):
-    return x_cls.new_empty((x_cls.shape[0], weight.shape[0]))
+def _pooler_fake(hidden_states, weight, bias, activation, backend):
+    return hidden_states.new_empty((hidden_states.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("bertpool_fast::pooler_grad_hidden", mutates_args=())
+def pooler_grad_hidden_op(
+    grad_out: torch.Tensor, hidden_states: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
+    activation: str,
+) -> torch.Tensor:  # fmt: skip
+    """d loss / d hidden_states: zeros, with dZ @ weight written by the kernel into row 0.
+
+    ``activation`` is one the kernel differentiates from y (tanh, relu, identity); for the GELUs
+    the caller passes dZ as ``grad_out`` with activation "identity".
+    """
+    grad = hidden_states.new_zeros(hidden_states.shape)
+    pooler_bwd_dx(grad_out, y, weight, activation, out=_first_rows(grad))
+    return grad
+
+
+@pooler_grad_hidden_op.register_fake
+def _grad_hidden_fake(grad_out, hidden_states, weight, y, activation):
+    return hidden_states.new_empty(hidden_states.shape)
+
+
+@torch.library.custom_op("bertpool_fast::pooler_grad_params", mutates_args=())
+def pooler_grad_params_op(
+    grad_out: torch.Tensor, hidden_states: torch.Tensor, y: torch.Tensor, activation: str,
+    out_features: int, need_weight: bool, need_bias: bool,
+) -> list[torch.Tensor]:  # fmt: skip
+    """[dW] + [db], each present only when asked for: both from one pass over dZ."""
+    dw, db = pooler_bwd_dw(
+        grad_out, y, _first_rows(hidden_states), activation, need_weight, need_bias, out_features
+    )
+    return [t for t in (dw, db) if t is not None]
+
+
+@pooler_grad_params_op.register_fake
+def _grad_params_fake(grad_out, hidden_states, y, activation, out_features, need_weight, need_bias):
+    k = hidden_states.shape[-1]
+    shapes = [(out_features, k)] * need_weight + [(out_features,)] * need_bias
+    return [hidden_states.new_empty(shape) for shape in shapes]
+
+
+def _first_rows(hidden_states: torch.Tensor) -> torch.Tensor:
+    # [B, S, H] -> the strided [B, H] view of position 0; [M, K] is taken as those rows already
+    return hidden_states[:, 0] if hidden_states.dim() == 3 else hidden_states
 
 
 def _pooler_setup_context(ctx, inputs, output):
-    x_cls, weight, bias, activation, _backend = inputs
+    hidden_states, weight, bias, activation, backend = inputs[:5]
     ctx.activation = activation
-    ctx.has_bias = bias is not None
-    # y is saved rather than z: tanh' = 1 - y^2 needs nothing else
-    ctx.save_for_backward(x_cls, weight, bias, output)
+    ctx.backend = backend
+    # y is saved rather than z: tanh' = 1 - y^2 needs nothing else. hidden_states costs no memory
+    # of its own: the x_cls view eager nn.Linear saves keeps the same storage alive.
+    ctx.save_for_backward(hidden_states, weight, bias, output)
 
 
 def _pooler_backward(ctx, grad_out):
-    x_cls, weight, bias, y = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    dx, dw, db = pooler_backward_reference(
-        grad_out, x_cls, weight, bias, y, ctx.activation, (need_x, need_w, need_b and ctx.has_bias)
-    )
-    return dx, dw, db, None, None
+    hidden_states, weight, bias, y = ctx.saved_tensors
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and bias is not None
+    # A loss.backward() made inside an autocast region must not re-cast anything: the gradients
+    # are computed in the dtypes the forward ran in, as eager autograd does.
+    with torch.autocast(hidden_states.device.type, enabled=False):
+        if ctx.backend == "triton":
+            dh, dw, db = _backward_triton(
+                grad_out, hidden_states, weight, bias, y, ctx.activation, need_h, need_w, need_b
+            )
+        else:
+            dx, dw, db = pooler_backward_reference(
+                grad_out, _first_rows(hidden_states), weight, bias, y, ctx.activation,
+                (need_h, need_w, need_b),
+            )  # fmt: skip
+            # select_scatter rather than an in-place write: stays differentiable (double backward)
+            dh = dx
+            if dx is not None and hidden_states.dim() == 3:
+                dh = torch.select_scatter(hidden_states.new_zeros(hidden_states.shape), dx, 1, 0)
+    return dh, dw, db, None, None  # no gradient for activation, backend
+
+
+def _backward_triton(grad_out, hidden_states, weight, bias, y, activation, need_h, need_w, need_b):
+    if activation not in BWD_ACTIVATIONS:
+        # The GELUs' derivative needs z, which is not saved: recompute z (one fp32 GEMM) and form
+        # dZ [B, N] in torch; the Triton GEMMs then run on dZ as the "identity" activation.
+        x_cls = _first_rows(hidden_states)
+
+        def preactivation():
+            b = None if bias is None else bias.float()
+            return F.linear(x_cls.float(), weight.float(), b)
+
+        grad_out = activation_grad(grad_out, y, activation, preactivation)
+        activation = "identity"
+    dh = dw = db = None
+    if need_h:
+        dh = pooler_grad_hidden_op(grad_out, hidden_states, weight, y, activation)
+    if need_w or need_b:
+        grads = pooler_grad_params_op(
+            grad_out, hidden_states, y, activation, weight.shape[0], need_w, need_b
+        )
+        dw = grads[0] if need_w else None
+        db = grads[-1] if need_b else None
+    return dh, dw, db
 
 
 pooler_op.register_autograd(_pooler_backward, setup_context=_pooler_setup_context)
@@ -152,8 +257,10 @@ def fused_pooler(
     backend: ``"auto"`` runs the Triton kernel on CUDA tensors (and on CPU tensors when
     ``TRITON_INTERPRET=1``), the torch path otherwise; ``"triton"`` always runs the kernel or
     raises; ``"torch"`` is the plain-PyTorch reference.
-    Returns [B, H_out] in the input dtype.
+    Returns [B, H_out] in the input dtype. Under ``torch.autocast`` the inputs are first cast as
+    eager ``nn.Linear``'s are, so the result has the autocast dtype, as eager ``linear`` + ``tanh``.
     """
+    hidden_states, weight, bias = _autocast_inputs(hidden_states, weight, bias)
     validate_pooler_args(hidden_states, weight, bias, activation, backend)
     chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype)
     x_cls = hidden_states[:, 0]  # a strided view: no copy
@@ -163,5 +270,38 @@ def fused_pooler(
         or (bias is not None and bias.requires_grad)
     )
     if needs_grad or torch.compiler.is_compiling():
-        return pooler_op(x_cls, weight, bias, activation, chosen)
+        return pooler_op(hidden_states, weight, bias, activation, chosen)
     return _forward(x_cls, weight, bias, activation, chosen)
+
+
+def _autocast_inputs(hidden_states, weight, bias):
+    """The inputs as eager ``nn.Linear`` sees them under ``torch.autocast``, else unchanged.
+
+    Autocast puts ``linear`` in its lower-precision list: every floating-point tensor on the
+    autocast device type, except float64, is cast to the autocast dtype (fp16 or bf16); the
+    activation then runs in that dtype. The cast is a differentiable ``.to()``, so gradients flow
+    back to fp32 master weights as they do through autocast's own casts.
+    """
+    if not isinstance(hidden_states, torch.Tensor):
+        return hidden_states, weight, bias  # validate_pooler_args names the problem
+    device_type = hidden_states.device.type
+    if device_type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
+        return hidden_states, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        eligible = (
+            isinstance(t, torch.Tensor)
+            and t.is_floating_point()
+            and t.dtype != torch.float64
+            and t.device.type == device_type
+        )
+        return t.to(dtype) if eligible else t
+
+    return cast(hidden_states), cast(weight), cast(bias)
+
+
+# Device types with an autocast mode; asking is_autocast_enabled about any other raises.
+_AUTOCAST_DEVICE_TYPES = frozenset(
+    t for t in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia") if torch.amp.is_autocast_available(t)
+)

@@ -50,11 +50,19 @@ def activation_grad(
         return dy
     if activation == "relu":
         return dy * (y > 0).to(acc_dtype)
-    z = preactivation().to(acc_dtype).detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = apply_activation_torch(z, activation)
-        (dz,) = torch.autograd.grad(out, z, dy)
-    return dz
+    # The derivatives written out (the formulas of torch's gelu_backward) rather than taken with
+    # torch.autograd.grad on a detached z: plain differentiable torch, so double backward and
+    # gradgradcheck see through them.
+    z = preactivation().to(acc_dtype)
+    if activation == "gelu":
+        cdf = 0.5 * (1.0 + torch.erf(z * 0.7071067811865476))
+        pdf = torch.exp(-0.5 * z * z) * 0.3989422804014327  # 1 / sqrt(2 pi)
+        return dy * (cdf + z * pdf)
+    if activation == "gelu_tanh":
+        k0, k1 = 0.7978845608028654, 0.044715  # sqrt(2 / pi)
+        t = torch.tanh(k0 * (z + k1 * z * z * z))
+        return dy * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * k0 * (1.0 + 3.0 * k1 * z * z))
+    raise ValueError(f"no derivative for activation {activation!r}")
 
 
 def pooler_backward_reference(
@@ -68,7 +76,7 @@ def pooler_backward_reference(
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of ``pooler_reference`` w.r.t. (x_cls, weight, bias), each None when not needed."""
     dz = activation_grad(
-        grad_out, y, activation, lambda: F.linear(x_cls.float(), weight.float(), _float(bias))
+        grad_out, y, activation, lambda: F.linear(_acc(x_cls), _acc(weight), _acc(bias))
     )
     need_x, need_w, need_b = needs_input_grad
     dx = (dz @ weight.to(dz.dtype)).to(x_cls.dtype) if need_x else None
@@ -77,5 +85,9 @@ def pooler_backward_reference(
     return dx, dw, db
 
 
-def _float(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if t is None else t.float()
+def _acc(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    # z for the GELU derivative in the accumulation dtype: fp32, or fp64 for fp64 inputs (an fp32 z
+    # would cap gradcheck's float64 comparison at fp32 accuracy)
+    if t is None:
+        return None
+    return t if t.dtype == torch.float64 else t.float()

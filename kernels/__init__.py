@@ -6,14 +6,32 @@ Installed, this folder is the subpackage ``bertpool_fast.kernels``.
 
 from .activations import ACTIVATIONS
 from .pooler import POOLER_CONFIGS, PoolerConfig, pick_config, pooler_fwd, pooler_fwd_kernel
+from .pooler_bwd import (
+    BWD_ACTIVATIONS,
+    DW_CONFIGS,
+    DX_CONFIGS,
+    BwdConfig,
+    pooler_bwd_dw,
+    pooler_bwd_dw_kernel,
+    pooler_bwd_dx,
+    pooler_bwd_dx_kernel,
+)
 from .runtime import interpreter_enabled
 
 __all__ = [
     "ACTIVATIONS",
+    "BWD_ACTIVATIONS",
+    "BwdConfig",
+    "DW_CONFIGS",
+    "DX_CONFIGS",
     "POOLER_CONFIGS",
     "PoolerConfig",
     "interpreter_enabled",
     "pick_config",
+    "pooler_bwd_dw",
+    "pooler_bwd_dw_kernel",
+    "pooler_bwd_dx",
+    "pooler_bwd_dx_kernel",
     "pooler_fwd",
     "pooler_fwd_kernel",
 ]

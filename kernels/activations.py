@@ -43,3 +43,23 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
         # where() rather than maximum(): maximum(NaN, 0) is 0 on some backends; torch.relu keeps NaN
         x = tl.where(x < 0.0, 0.0, x)
     return x
+
+
+@triton.jit
+def activation_grad(dy, y, ACTIVATION: tl.constexpr):
+    """dL/dz from dL/dy and the saved output y = act(z), in fp32; the backward kernels' prologue.
+
+    Only activations whose derivative is a function of y are served here (tanh, relu, identity);
+    the GELUs need z itself, which the backward launcher computes on the host side (see
+    kernels/pooler_bwd.py) before calling the kernels with ACTIVATION="identity".
+    """
+    dy = dy.to(tl.float32)
+    if ACTIVATION == "tanh":
+        yf = y.to(tl.float32)
+        dy = dy * (1.0 - yf * yf)
+    elif ACTIVATION == "relu":
+        # y > 0 exactly where z > 0; like torch's threshold_backward, a NaN y gives a zero gradient
+        dy = tl.where(y.to(tl.float32) > 0.0, dy, 0.0)
+    else:
+        tl.static_assert(ACTIVATION == "identity", "activation_grad: derivative needs z")
+    return dy

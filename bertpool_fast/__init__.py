@@ -24,6 +24,13 @@ _EXPORTS = {
     "is_bert_pooler_form": ".patching",
     "patch": ".patching",
     "unpatch": ".patching",
+    "fused_classifier_head": ".heads",
+    "patch_heads": ".heads",
+    "unpatch_heads": ".heads",
+    "masked_pool": ".masked_pool",
+    "l2_normalize": ".masked_pool",
+    "patch_sentence_transformer": ".sentence_pooling",
+    "unpatch_sentence_transformer": ".sentence_pooling",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -5,6 +5,8 @@ Installed, this folder is the subpackage ``bertpool_fast.kernels``.
 """
 
 from .activations import ACTIVATIONS
+from .classifier_head import HEAD_CONFIGS, classifier_head_fwd, classifier_head_fwd_kernel
+from .masked_pool import POOL_CONFIGS, POOL_MODES, masked_pool_fwd, masked_pool_fwd_kernel
 from .pooler import POOLER_CONFIGS, PoolerConfig, pick_config, pooler_fwd, pooler_fwd_kernel
 from .pooler_bwd import (
     BWD_ACTIVATIONS,
@@ -22,11 +24,18 @@ __all__ = [
     "ACTIVATIONS",
     "BWD_ACTIVATIONS",
     "BwdConfig",
+    "classifier_head_fwd",
+    "classifier_head_fwd_kernel",
     "DW_CONFIGS",
     "DX_CONFIGS",
+    "HEAD_CONFIGS",
+    "POOL_CONFIGS",
+    "POOL_MODES",
     "POOLER_CONFIGS",
     "PoolerConfig",
     "interpreter_enabled",
+    "masked_pool_fwd",
+    "masked_pool_fwd_kernel",
     "pick_config",
     "pooler_bwd_dw",
     "pooler_bwd_dw_kernel",

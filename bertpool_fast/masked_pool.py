@@ -1,0 +1,162 @@
+"""``masked_pool``: sentence-embedding pooling over the attention mask, fused; and its modules.
+
+The functional op validates, picks the backend and launches ``kernels/masked_pool.py``;
+``masked_pool_reference`` is the plain-PyTorch definition (sentence-transformers' ``Pooling`` and
+``Normalize`` semantics, written once) that the tests and the CPU fallback use. The drop-ins for
+sentence-transformers' modules are in :mod:`bertpool_fast.sentence_pooling`.
+
+Semantics (those of sentence-transformers' ``Pooling``; a mask entry counts as kept when nonzero):
+  * mean: sum of kept tokens / max(count, 1e-9); mean_sqrt_len_tokens: / sqrt(max(count, 1e-9)).
+  * max: elementwise max over kept tokens.
+  * cls: the first kept token (after left padding, the first real token).
+  * lasttoken: the last kept token (before right padding).
+  * weightedmean: position s weighs s + 1 - (first kept position); sum / max(sum of weights, 1e-9).
+  * normalize: x / max(||x||_2, 1e-12), as ``F.normalize``.
+A mask row that keeps nothing gives: mean modes, weightedmean and lasttoken -> zeros; cls -> token 0;
+max -> -inf (sentence-transformers 5+ fills with -inf). None of these is NaN; normalised, zeros stay
+zeros, and the -inf row of max becomes NaN, as ``F.normalize`` makes it in sentence-transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .kernels.masked_pool import COUNT_EPS, NORM_EPS, POOL_MODES, l2_normalize_fwd, masked_pool_fwd
+from .ops import BACKENDS, KERNEL_DTYPES, REFERENCE_DTYPES, resolve_backend
+
+MASK_DTYPES = (
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+)  # fmt: skip
+
+
+def validate_masked_pool_args(
+    hidden_states: object, attention_mask: object, mode: object, normalize: object, backend: object
+) -> None:
+    if not isinstance(hidden_states, torch.Tensor):
+        raise TypeError(f"hidden_states must be a torch.Tensor, got {type(hidden_states).__name__}")
+    if hidden_states.dim() != 3:
+        raise ValueError(
+            f"hidden_states must be 3-D [batch, seq, hidden], got shape {tuple(hidden_states.shape)}"
+        )
+    if hidden_states.dtype not in REFERENCE_DTYPES:
+        raise TypeError(
+            "hidden_states must be float16, bfloat16 or float32 (float64 on backend='torch'), "
+            f"got {hidden_states.dtype}"
+        )
+    if hidden_states.shape[1] < 1:
+        # an empty sequence has no max and no first token; sentence-transformers errors too
+        raise ValueError(
+            f"hidden_states needs at least one token (seq >= 1), got shape {tuple(hidden_states.shape)}"
+        )
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(
+                f"attention_mask must be a torch.Tensor or None, got {type(attention_mask).__name__}"
+            )
+        if tuple(attention_mask.shape) != tuple(hidden_states.shape[:2]):
+            raise ValueError(
+                f"attention_mask must be [batch, seq] = {tuple(hidden_states.shape[:2])}, "
+                f"got shape {tuple(attention_mask.shape)}"
+            )
+        if attention_mask.dtype not in MASK_DTYPES:
+            raise TypeError(f"attention_mask must be a bool, integer or float tensor, got {attention_mask.dtype}")
+        if attention_mask.device != hidden_states.device:
+            raise ValueError(
+                f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}"
+            )
+    if not isinstance(mode, str) or mode not in POOL_MODES:
+        raise ValueError(f"mode must be one of {POOL_MODES}, got {mode!r}")
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def masked_pool_reference(
+    hidden_states: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    mode: str = "mean",
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Plain PyTorch, same semantics as the kernel; float64 inputs give a float64 reference.
+
+    Accumulates in fp32 for fp16/bf16 (fp64 for fp64) and casts once at the end; the mask is read
+    as "nonzero = kept".
+    """
+    x = hidden_states
+    b, s, h = x.shape
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    keep = (
+        torch.ones((b, s), dtype=torch.bool, device=x.device)
+        if attention_mask is None
+        else attention_mask != 0
+    )
+    positions = torch.arange(s, device=x.device)
+    any_kept = keep.any(dim=1)
+    first = torch.where(any_kept, keep.int().argmax(dim=1), 0)
+    last = torch.where(any_kept, s - 1 - keep.flip(1).int().argmax(dim=1), 0)
+    xf = x.to(acc_dtype)
+    rows = torch.arange(b, device=x.device)
+    if mode == "cls":
+        out = xf[rows, first]
+    elif mode == "lasttoken":
+        out = xf[rows, last] * any_kept[:, None]
+    elif mode == "max":
+        out = xf.masked_fill(~keep[:, :, None], float("-inf")).amax(dim=1)
+    else:
+        if mode == "weightedmean":
+            w = (positions[None, :] + 1 - first[:, None]).to(acc_dtype) * keep
+        else:
+            w = keep.to(acc_dtype)
+        total = (xf * w[:, :, None]).sum(dim=1)
+        denom = w.sum(dim=1, keepdim=True).clamp(min=COUNT_EPS)
+        out = total / (denom.sqrt() if mode == "mean_sqrt_len_tokens" else denom)
+    if normalize:
+        out = F.normalize(out, p=2, dim=-1, eps=NORM_EPS)
+    return out.to(x.dtype)
+
+
+def masked_pool(
+    hidden_states: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    mode: str = "mean",
+    normalize: bool = False,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Pool token embeddings over the attention mask in one fused pass: [B, S, H] -> [B, H].
+
+    hidden_states: [B, S, H], any strides (a transposed [S, B, H] tensor or an H-slice of a wider
+    one is read in place). attention_mask: [B, S] (bool, integer or float; nonzero = kept; left or
+    right padding) or None for "every token kept".
+    mode: ``"mean"``, ``"mean_sqrt_len_tokens"``, ``"max"``, ``"cls"``, ``"lasttoken"``,
+    ``"weightedmean"`` - sentence-transformers' ``Pooling`` modes, with its exact semantics
+    (see the module docstring, including rows whose mask keeps nothing).
+    normalize: L2-normalise each row afterwards (``F.normalize``, eps 1e-12), fused.
+    Sums run in fp32; the output is in the input dtype. Forward only (inference).
+    """
+    validate_masked_pool_args(hidden_states, attention_mask, mode, normalize, backend)
+    chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype)
+    if chosen == "torch" or (torch.is_grad_enabled() and hidden_states.requires_grad):
+        # the kernel has no backward; autograd goes through the reference, which is differentiable
+        return masked_pool_reference(hidden_states, attention_mask, mode, normalize)
+    return masked_pool_fwd(hidden_states, attention_mask, mode, normalize)
+
+
+def l2_normalize(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """``F.normalize(x, p=2, dim=-1)`` for [..., H] in one kernel (fp32 inside, input dtype out)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (the one normalised)")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    chosen = "torch" if x.dtype not in KERNEL_DTYPES else resolve_backend(backend, x.device, x.dtype)
+    if chosen == "torch" or (torch.is_grad_enabled() and x.requires_grad):
+        return F.normalize(x, p=2, dim=-1, eps=NORM_EPS)
+    flat = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    return l2_normalize_fwd(flat).reshape(x.shape)

@@ -224,12 +224,17 @@ def _replace_child(model: nn.Module, qualified_name: str, new: nn.Module) -> Non
     setattr(parent, child, new)
 
 
-def patch(model: nn.Module) -> int:
+def patch(model: nn.Module, *, heads: bool = False) -> int:
     """Replace, in place, every provable first-token pooler in ``model``; return how many.
 
     The fast pooler shares the original's submodules, so parameters, device, dtype and
     ``state_dict()`` are unchanged. Idempotent: a second call replaces nothing and returns 0.
     Undo with :func:`unpatch`.
+
+    A sentence-transformers model also gets its ``Pooling`` (and a following ``Normalize``) fused
+    (:func:`bertpool_fast.sentence_pooling.patch_sentence_transformer`). ``heads=True`` also
+    fuses classification heads (pooler + classifier in one kernel, eval mode only; see
+    :func:`bertpool_fast.heads.patch_heads`). Every module switched is counted.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -238,13 +243,14 @@ def patch(model: nn.Module) -> int:
         fast = form_of_class(type(pooler)).make_fast(pooler)
         fast.__dict__[_ORIGINAL] = pooler
         _replace_child(model, name, fast)
-    return len(targets)
+    return len(targets) + _patch_extras(model, heads)
 
 
 def unpatch(model: nn.Module) -> int:
     """Put back the original pooler modules that :func:`patch` replaced; return how many."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    extras = _unpatch_extras(model)
     targets = [(name, m) for name, m in model.named_modules() if name and _ORIGINAL in m.__dict__]
     for name, fast in targets:
         original = fast.__dict__.pop(_ORIGINAL)
@@ -255,4 +261,21 @@ def unpatch(model: nn.Module) -> int:
                 setattr(original, child, fast._modules[child])
         original.train(fast.training)
         _replace_child(model, name, original)
-    return len(targets)
+    return len(targets) + extras
+
+
+def _patch_extras(model: nn.Module, heads: bool) -> int:
+    # Beyond poolers: sentence-transformers pooling modules and fused classification heads.
+    from .heads import patch_heads
+    from .sentence_pooling import is_sentence_transformer, patch_sentence_transformer
+
+    count = patch_sentence_transformer(model) if is_sentence_transformer(model) else 0
+    return count + (patch_heads(model) if heads else 0)
+
+
+def _unpatch_extras(model: nn.Module) -> int:
+    from .heads import unpatch_heads
+    from .sentence_pooling import is_sentence_transformer, unpatch_sentence_transformer
+
+    count = unpatch_sentence_transformer(model) if is_sentence_transformer(model) else 0
+    return count + unpatch_heads(model)

@@ -45,19 +45,20 @@ class BwdConfig(NamedTuple):
 # dX = dZ @ W: output [M, K] in (block_m x block_k) tiles, reduction over N in block_n steps.
 # The whole weight is read once per M tile, as in the forward, so at small batch the tiles mirror
 # the forward's: one M tile, the K columns spread over K / 32 programs (24 for H = 768). fp32 takes
-# half the reduction depth for the same bytes per pipeline stage. The largest row keeps (dY, y, W)
-# stages at 40 KiB, so three stages fit sm_80's shared memory with room for layout conversions.
+# half the reduction depth for the same bytes per pipeline stage. dY and y pass through registers
+# (dZ is formed there) on top of the accumulator, so the larger tiles take 8 warps and at most 3
+# stages: the rows below are those `python -m bertpool_fast inspect` compiles with no spills on
+# sm_80 and sm_90.
 _DX_HALF = (
     (16, BwdConfig(16, 64, 32, 4, 4)),
     (64, BwdConfig(32, 64, 64, 4, 4)),
-    (256, BwdConfig(64, 64, 64, 4, 4)),
-    (None, BwdConfig(128, 64, 64, 8, 3)),
+    (256, BwdConfig(64, 64, 64, 8, 3)),
+    (None, BwdConfig(128, 32, 64, 8, 3)),
 )
 _DX_FP32 = (
-    (16, BwdConfig(16, 32, 32, 4, 4)),
+    (16, BwdConfig(16, 32, 32, 4, 3)),
     (64, BwdConfig(32, 32, 64, 4, 4)),
-    (256, BwdConfig(64, 32, 64, 4, 4)),
-    (None, BwdConfig(128, 32, 64, 8, 3)),
+    (None, BwdConfig(64, 32, 64, 8, 3)),  # a 128-row fp32 tile spills on sm_80
 )
 # dW = dZ^T @ X: output [N, K] in (block_n x block_k) tiles whatever the batch, each program
 # reducing over all M rows itself (no split-M, no atomics: deterministic). 64 x 64 tiles give 144
@@ -66,12 +67,12 @@ _DX_FP32 = (
 _DW_HALF = (
     (16, BwdConfig(16, 64, 64, 4, 2)),
     (64, BwdConfig(32, 64, 64, 4, 3)),
-    (None, BwdConfig(64, 64, 64, 4, 4)),
+    (None, BwdConfig(64, 64, 64, 8, 3)),
 )
 _DW_FP32 = (
     (16, BwdConfig(16, 64, 64, 4, 2)),
-    (64, BwdConfig(32, 64, 64, 4, 3)),
-    (None, BwdConfig(32, 64, 64, 4, 4)),
+    (64, BwdConfig(32, 64, 64, 8, 3)),
+    (None, BwdConfig(32, 64, 64, 8, 3)),
 )
 DX_CONFIGS = {torch.float16: _DX_HALF, torch.bfloat16: _DX_HALF, torch.float32: _DX_FP32}
 DW_CONFIGS = {torch.float16: _DW_HALF, torch.bfloat16: _DW_HALF, torch.float32: _DW_FP32}

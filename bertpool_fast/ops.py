@@ -106,9 +106,11 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
     return "triton"
 
 
-def _forward(x_cls, weight, bias, activation: str, backend: str) -> torch.Tensor:
+def _forward(
+    x_cls, weight, bias, activation: str, backend: str, batch_invariant: bool = False
+) -> torch.Tensor:
     if backend == "triton":
-        return pooler_fwd(x_cls, weight, bias, activation)
+        return pooler_fwd(x_cls, weight, bias, activation, batch_invariant=batch_invariant)
     return pooler_reference(x_cls, weight, bias, activation)
 
 
@@ -127,13 +129,14 @@ def pooler_op(
     bias: Optional[torch.Tensor],
     activation: str,
     backend: str,
+    batch_invariant: bool = False,
 ) -> torch.Tensor:
     """act(hidden_states[:, 0] @ weight.T + bias); the first-token rows are read in place."""
-    return _forward(_first_rows(hidden_states), weight, bias, activation, backend)
+    return _forward(_first_rows(hidden_states), weight, bias, activation, backend, batch_invariant)
 
 
 @pooler_op.register_fake
-def _pooler_fake(hidden_states, weight, bias, activation, backend):
+def _pooler_fake(hidden_states, weight, bias, activation, backend, batch_invariant=False):
     return hidden_states.new_empty((hidden_states.shape[0], weight.shape[0]))
 
 
@@ -210,10 +213,13 @@ def _pooler_backward(ctx, grad_out):
             dh = dx
             if dx is not None and hidden_states.dim() == 3:
                 dh = torch.select_scatter(hidden_states.new_zeros(hidden_states.shape), dx, 1, 0)
-    return dh, dw, db, None, None  # no gradient for activation, backend
+    return dh, dw, db, None, None, None  # no gradient for activation, backend, batch_invariant
 
 
 def _backward_triton(grad_out, hidden_states, weight, bias, y, activation, need_h, need_w, need_b):
+    # batch_invariant is a forward property and changes nothing here: dW and db are reductions
+    # over the batch by definition; the dX tiles reduce over N in block_n steps, a single value
+    # per dtype, but that is not promised bitwise across batch sizes the way the forward is.
     if activation not in BWD_ACTIVATIONS:
         # The GELUs' derivative needs z, which is not saved: recompute z (one fp32 GEMM) and form
         # dZ [B, N] in torch; the Triton GEMMs then run on dZ as the "identity" activation.
@@ -247,6 +253,7 @@ def fused_pooler(
     *,
     activation: str = "tanh",
     backend: str = "auto",
+    batch_invariant: bool = False,
 ) -> torch.Tensor:
     """``act(hidden_states[:, 0] @ weight.T + bias)`` in one fused kernel launch.
 
@@ -257,12 +264,19 @@ def fused_pooler(
     backend: ``"auto"`` runs the Triton kernel on CUDA tensors (and on CPU tensors when
     ``TRITON_INTERPRET=1``), the torch path otherwise; ``"triton"`` always runs the kernel or
     raises; ``"torch"`` is the plain-PyTorch reference.
+    batch_invariant: tiles chosen so each row's output is bitwise the same whatever the batch
+    size (cuBLAS does not promise this); Triton kernel only, so ``backend="torch"`` raises.
     Returns [B, H_out] in the input dtype. Under ``torch.autocast`` the inputs are first cast as
     eager ``nn.Linear``'s are, so the result has the autocast dtype, as eager ``linear`` + ``tanh``.
     """
     hidden_states, weight, bias = _autocast_inputs(hidden_states, weight, bias)
     validate_pooler_args(hidden_states, weight, bias, activation, backend)
     chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype)
+    if batch_invariant and chosen != "triton":
+        raise ValueError(
+            "batch_invariant=True is a property of the Triton kernel's tiles; the torch path "
+            f"(backend={backend!r} on {hidden_states.device}, {hidden_states.dtype}) cannot give it"
+        )
     x_cls = hidden_states[:, 0]  # a strided view: no copy
     needs_grad = torch.is_grad_enabled() and (
         hidden_states.requires_grad
@@ -270,8 +284,8 @@ def fused_pooler(
         or (bias is not None and bias.requires_grad)
     )
     if needs_grad or torch.compiler.is_compiling():
-        return pooler_op(hidden_states, weight, bias, activation, chosen)
-    return _forward(x_cls, weight, bias, activation, chosen)
+        return pooler_op(hidden_states, weight, bias, activation, chosen, batch_invariant)
+    return _forward(x_cls, weight, bias, activation, chosen, batch_invariant)
 
 
 def _autocast_inputs(hidden_states, weight, bias):

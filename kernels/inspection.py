@@ -26,4 +26,9 @@ class KernelCase:
     dtype: torch.dtype = torch.float16
     # True where the case must use tensor cores (mma / wgmma): fp16/bf16 GEMM tiles
     expects_tensor_cores: bool = False
+    # Arguments Triton's launcher sees as multiples of 16 in the usual call (pointers from torch's
+    # allocator, H and its strides); compiled with the same "tt.divisibility" hint, so loads
+    # vectorize as they do at run time. Integer arguments the launcher sees equal to 1 (unit
+    # strides) go in ``constexprs``: Triton turns them into constants the same way.
+    divisible_by_16: tuple[str, ...] = ()
     tags: dict[str, Any] = field(default_factory=dict)

@@ -56,10 +56,38 @@ POOLER_CONFIGS = {
     torch.float32: _FP32_CONFIGS,
 }
 
+# Batch-invariant tiles (``batch_invariant=True``): a row's output is bitwise the same whatever batch
+# it arrives in. Each output element is one dot product over K; it comes out the same in every tile
+# when (1) the K loop walks the same BLOCK_K chunks in the same order and (2) every tile lowers the
+# dot to the same instruction. The default table keeps (1) but not (2) on sm_90: its 16- and 32-row
+# tiles are too short for wgmma (64 rows per warpgroup) and run mma.sync, the 64- and 128-row tiles
+# run wgmma, and the two need not round alike. Here every tile is at least 64 rows with warps in
+# whole warpgroups, so one instruction family serves every batch on each architecture (wgmma on
+# sm_90, mma.sync on sm_80; fp32 with "ieee" precision is plain FMA in K order on both).
+# Cost: at M <= 64 the tile carries up to 63 masked rows. Those rows are never loaded from memory,
+# and at that size the op is bound by the weight read, so the predicted cost is small; the benchmark
+# measures it ("triton_bi" against "triton").
+_HALF_INVARIANT_CONFIGS = (
+    (64, PoolerConfig(64, 32, 64, 4, 4)),
+    (256, PoolerConfig(64, 64, 64, 4, 4)),
+    (None, PoolerConfig(128, 128, 64, 8, 3)),
+)
+_FP32_INVARIANT_CONFIGS = (
+    (64, PoolerConfig(64, 32, 32, 4, 4)),
+    (256, PoolerConfig(64, 64, 32, 4, 4)),
+    (None, PoolerConfig(128, 128, 32, 8, 3)),
+)
+BATCH_INVARIANT_CONFIGS = {
+    torch.float16: _HALF_INVARIANT_CONFIGS,
+    torch.bfloat16: _HALF_INVARIANT_CONFIGS,
+    torch.float32: _FP32_INVARIANT_CONFIGS,
+}
+
 
 @functools.lru_cache(maxsize=None)
-def pick_config(m: int, dtype: torch.dtype) -> PoolerConfig:
-    for max_m, config in POOLER_CONFIGS[dtype]:
+def pick_config(m: int, dtype: torch.dtype, batch_invariant: bool = False) -> PoolerConfig:
+    table = BATCH_INVARIANT_CONFIGS if batch_invariant else POOLER_CONFIGS
+    for max_m, config in table[dtype]:
         if max_m is None or m <= max_m:
             return config
     raise AssertionError("unreachable: the last row of every table has max_m=None")
@@ -167,10 +195,12 @@ def pooler_fwd(
     bias: Optional[torch.Tensor],
     activation: str,
     out: Optional[torch.Tensor] = None,
+    batch_invariant: bool = False,
 ) -> torch.Tensor:
     """Launch the fused pooler. Inputs are validated by the caller (``bertpool_fast.fused_pooler``).
 
     x_cls: [M, K] (any strides), weight: [N, K], bias: [N] or None; all of one dtype and device.
+    batch_invariant: use ``BATCH_INVARIANT_CONFIGS``, so row i's output does not depend on M.
     Returns [M, N] in that dtype.
     """
     m, k = x_cls.shape
@@ -180,7 +210,7 @@ def pooler_fwd(
     if m == 0 or n == 0:
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
-    config = pick_config(m, x_cls.dtype)
+    config = pick_config(m, x_cls.dtype, batch_invariant)
     is_fp32 = x_cls.dtype == torch.float32
     grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m))
     pooler_fwd_kernel[grid](
@@ -211,33 +241,53 @@ def pooler_fwd(
 
 
 def inspection_cases() -> list:
-    """Every shipped (dtype, config) of the forward kernel, as compile-ahead cases."""
+    """Every shipped (dtype, config) of the forward kernel, both tables, as compile-ahead cases.
+
+    The signature mirrors what Triton's launcher builds for the usual call (contiguous weight,
+    ``hidden_states`` contiguous in its last dimension, 16-aligned allocations, H a multiple of
+    16): integer arguments equal to 1 become constants, and 16-divisible pointers and sizes carry
+    the divisibility hint. Compiled without them, the loads are scalar and register counts say
+    nothing about the kernel that runs.
+    """
     from .inspection import TRITON_DTYPE, KernelCase
 
     cases = []
-    for dtype, table in POOLER_CONFIGS.items():
-        t = TRITON_DTYPE[dtype]
-        for max_m, cfg in table:
-            bucket = f"M<={max_m}" if max_m is not None else "M>256"
-            cases.append(
-                KernelCase(
-                    name=f"pooler_fwd {t} {bucket}",
-                    kernel=pooler_fwd_kernel,
-                    signature={
-                        "x_ptr": f"*{t}", "w_ptr": f"*{t}", "b_ptr": f"*{t}", "out_ptr": f"*{t}",
-                        "M": "i32", "N": "i32", "K": "i32",
-                        "stride_xm": "i64", "stride_xk": "i32", "stride_wn": "i32",
-                        "stride_wk": "i32", "stride_b": "i32", "stride_om": "i32",
-                    },
-                    constexprs={
-                        "HAS_BIAS": True, "ACTIVATION": "tanh",
-                        "DOT_PRECISION": "ieee", "UPCAST_OPERANDS": False,
-                        "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
-                    },
-                    num_warps=cfg.num_warps,
-                    num_stages=cfg.num_stages,
-                    dtype=dtype,
-                    expects_tensor_cores=dtype != torch.float32,
+    for table_name, tables in (("", POOLER_CONFIGS), (" batch-invariant", BATCH_INVARIANT_CONFIGS)):
+        for dtype, table in tables.items():
+            t = TRITON_DTYPE[dtype]
+            previous = 0
+            for max_m, cfg in table:
+                bucket = f"M<={max_m}" if max_m is not None else f"M>{previous}"
+                previous = max_m
+                cases.append(
+                    KernelCase(
+                        name=f"pooler_fwd {t} {bucket}{table_name}",
+                        kernel=pooler_fwd_kernel,
+                        signature={
+                            "x_ptr": f"*{t}", "w_ptr": f"*{t}", "b_ptr": f"*{t}",
+                            "out_ptr": f"*{t}", "M": "i32", "N": "i32", "K": "i32",
+                            "stride_xm": "i64", "stride_wn": "i32", "stride_b": "i32",
+                            "stride_om": "i32",
+                        },
+                        constexprs={
+                            "stride_xk": 1, "stride_wk": 1,
+                            "HAS_BIAS": True, "ACTIVATION": "tanh",
+                            "DOT_PRECISION": "ieee", "UPCAST_OPERANDS": False,
+                            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                            "BLOCK_K": cfg.block_k,
+                        },
+                        num_warps=cfg.num_warps,
+                        num_stages=cfg.num_stages,
+                        dtype=dtype,
+                        expects_tensor_cores=dtype != torch.float32,
+                        divisible_by_16=(
+                            "x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K",
+                            "stride_xm", "stride_wn", "stride_om",
+                        ),
+                        tags={
+                            "table": "batch_invariant" if table_name else "default",
+                            "max_m": max_m,
+                        },
+                    )
                 )
-            )
     return cases

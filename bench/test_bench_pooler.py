@@ -1,0 +1,177 @@
+"""Pooler benchmark: the fused Triton pooler against eager ``BertPooler``, ``torch.compile`` (default
+and max-autotune-no-cudagraphs) and plain ``addmm`` + ``tanh``.
+
+Grid (GPU): B in {1 .. 8192}, H in {384, 768, 1024}, fp16 / bf16 / fp32, S = 128 (only row 0 of
+each sequence is read; S only sets the stride). Cases run in priority order, H = 768 fp16/bf16
+first (the targets), and a ``BENCH_BUDGET_S`` budget skips what does not fit. max-autotune runs at
+H = 768 only unless ``BENCH_FULL=1``: it autotunes every shape for tens of seconds.
+On a CPU the grid is a tiny subset and only the torch-side contestants are timed.
+
+Every case first checks its contestant's output against eager, so no figure comes from a wrong
+result. GPU time and roofline figures go into pytest-benchmark's ``extra_info``; the wall-time
+loop is what pytest-benchmark itself times.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from bench import harness
+from bench.conftest import benchmark_enabled
+
+SEQ = 128
+TARGET_H = 768
+KERNEL_CONTESTANTS = ("triton", "triton_bi")
+COMPILE_CONTESTANTS = ("compile", "compile_max_autotune")
+CONTESTANTS = ("eager", "triton", "triton_bi", "compile", "compile_max_autotune", "addmm_tanh",
+               "torch_path")  # fmt: skip
+# Output agreement with eager before timing: relative Frobenius error, a few output roundings
+# (contestants may order the fp32 accumulation differently).
+AGREEMENT = {"fp16": 4e-3, "bf16": 3e-2, "fp32": 1e-4}
+
+
+def _grid() -> list[tuple[str, int, int, str]]:
+    """(dtype, H, B, contestant), in the order they run."""
+    if not harness.HAS_CUDA:
+        # CPU: what CI can afford; the kernel runs once through the interpreter as a check
+        return [(d, 64, b, c) for d in ("fp32", "bf16") for b in (1, 8)
+                for c in ("eager", "addmm_tanh", "torch_path", "triton")]  # fmt: skip
+    full = os.environ.get("BENCH_FULL") == "1"
+    batches = (1, 8, 32, 128, 512, 2048, 8192)
+    targets = [("fp16", TARGET_H), ("bf16", TARGET_H)]
+    others = [("fp32", 768), ("fp16", 384), ("bf16", 384), ("fp32", 384), ("fp16", 1024),
+              ("bf16", 1024), ("fp32", 1024)]  # fmt: skip
+    cheap = ("eager", "triton", "triton_bi", "addmm_tanh")
+    # Tiers, so a budget cut drops the least important cases: the target cases' cheap contestants,
+    # then their torch.compile runs, then the other shapes; max-autotune (tens of seconds of
+    # autotuning per shape) elsewhere only with BENCH_FULL=1.
+    tiers = [(targets, cheap), (targets, ("compile",)), (targets, ("compile_max_autotune",)),
+             (others, cheap), (others, ("compile",))]  # fmt: skip
+    if full:
+        tiers.append((others, ("compile_max_autotune",)))
+    return [(d, h, b, c) for shapes, contestants in tiers for d, h in shapes
+            for c in contestants for b in batches]  # fmt: skip
+
+
+# Seconds a case may need beyond its timing (compiling, autotuning); it is skipped when the budget
+# has less left, so the session ends inside its budget and pytest-benchmark writes its JSON.
+MIN_BUDGET_LEFT_S = {"compile": 20.0, "compile_max_autotune": 60.0}
+
+
+GRID = _grid()
+
+
+class Inputs:
+    """``n`` rotated input sets of one case: hidden_states [B, S, H] and nn.Linear weight/bias."""
+
+    def __init__(self, batch: int, hidden: int, dtype: torch.dtype, device: str, n: int):
+        self.sets = []
+        for _ in range(n):
+            h = torch.randn(batch, SEQ, hidden, device=device).to(dtype)
+            w = (torch.randn(hidden, hidden, device=device) * hidden**-0.5).to(dtype)
+            b = (torch.randn(hidden, device=device) * 0.1).to(dtype)
+            self.sets.append((h, w, b))
+
+
+def _poolers(inputs: Inputs, dtype: torch.dtype, compile_mode=None) -> list:
+    """One ``BertPooler`` per input set, holding that set's weight (rotation needs the weight to
+    move); compiled instances share one compiled graph (parameters are graph inputs)."""
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertPooler
+
+    hidden = inputs.sets[0][0].shape[-1]
+    poolers = []
+    for _h, w, b in inputs.sets:
+        pooler = BertPooler(BertConfig(hidden_size=hidden)).to(device=w.device, dtype=dtype).eval()
+        pooler.dense.weight = torch.nn.Parameter(w, requires_grad=False)
+        pooler.dense.bias = torch.nn.Parameter(b, requires_grad=False)
+        if compile_mode is not None:
+            pooler = torch.compile(pooler, mode=compile_mode, dynamic=False)
+        poolers.append(pooler)
+    return poolers
+
+
+def make_call(contestant: str, inputs: Inputs, dtype: torch.dtype):
+    """``call(i)``: the contestant on input set ``i``, as inference code would call it."""
+    from bertpool_fast import fused_pooler
+
+    sets = inputs.sets
+    if contestant in ("eager", "compile", "compile_max_autotune"):
+        mode = {"eager": None, "compile": "default",
+                "compile_max_autotune": "max-autotune-no-cudagraphs"}[contestant]  # fmt: skip
+        if mode is not None:
+            torch._dynamo.reset()  # a fresh compile per case, not a cache hit from another shape
+        poolers = _poolers(inputs, dtype, mode)
+        return lambda i: poolers[i](sets[i][0])
+    if contestant == "triton":
+        return lambda i: fused_pooler(*sets[i], backend="triton")
+    if contestant == "triton_bi":
+        return lambda i: fused_pooler(*sets[i], backend="triton", batch_invariant=True)
+    if contestant == "torch_path":
+        return lambda i: fused_pooler(*sets[i], backend="torch")
+    if contestant == "addmm_tanh":
+        return lambda i: torch.tanh(torch.addmm(sets[i][2], sets[i][0][:, 0], sets[i][1].t()))
+    raise ValueError(f"unknown contestant {contestant!r}; known: {CONTESTANTS}")
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize(
+    "dtype_name,hidden,batch,contestant", GRID,
+    ids=[f"{d}-H{h}-B{b}-{c}" for d, h, b, c in GRID],
+)  # fmt: skip
+def test_pooler(benchmark, request, budget, calibration, bench_results, dtype_name, hidden, batch,
+                contestant):  # fmt: skip
+    enabled = benchmark_enabled(request.config)
+    if enabled and budget.left() <= MIN_BUDGET_LEFT_S.get(contestant, 0.0):
+        pytest.skip(f"not enough left of the BENCH_BUDGET_S={budget.seconds:g} s budget")
+    dtype = harness.DTYPES_BY_NAME[dtype_name]
+    device = "cuda" if harness.HAS_CUDA else "cpu"
+    nbytes, flops = harness.pooler_traffic(batch, hidden, hidden, dtype.itemsize)
+    allocated = dtype.itemsize * (batch * SEQ * hidden + hidden * hidden + hidden)
+    n = harness.rotation_count(nbytes, allocated) if enabled and harness.HAS_CUDA else 1
+    inputs = Inputs(batch, hidden, dtype, device, n)
+
+    with torch.inference_mode():
+        call = make_call(contestant, inputs, dtype)
+        out = call(0)
+        h, w, b = inputs.sets[0]
+        expected = torch.tanh(torch.nn.functional.linear(h[:, 0], w, b))
+        err = _rel_err(out, expected)
+        assert out.shape == expected.shape and out.dtype == dtype
+        assert err <= AGREEMENT[dtype_name], f"{contestant} disagrees with eager: rel err {err:.2e}"
+
+        if not harness.HAS_CUDA and contestant in KERNEL_CONTESTANTS:
+            pytest.skip("kernel figures need a GPU: here the Triton kernel runs through Triton's "
+                        "CPU interpreter, so its output was checked but its time means nothing")
+        if not enabled:
+            benchmark(call, 0)  # --benchmark-disable: one untimed call, the code path only
+            return
+
+        iters = 200 if harness.HAS_CUDA else 20
+        benchmark.pedantic(harness.wall_loop(call, n, iters), rounds=15, warmup_rounds=2)
+        wall_us = benchmark.stats.stats.median * 1e6 / iters
+        record = {
+            "bench": "pooler_fwd", "dtype": dtype_name, "hidden": hidden, "batch": batch, "seq": SEQ,
+            "contestant": contestant, "wall_us": wall_us, "rotated_sets": n,
+            "weight_l2_cold": harness.HAS_CUDA and harness.l2_cold(nbytes, n),
+            "bytes": nbytes, "flops": flops, "rel_err_vs_eager": err,
+        }  # fmt: skip
+        if harness.HAS_CUDA:
+            timing = harness.gpu_time(call, n)
+            record.update(timing.as_dict("gpu"))
+            record["gpu_us"] = timing.median_us
+        floor_us = harness.roofline_floor_s(nbytes, flops, calibration, dtype_name) * 1e6
+        record["floor_us"] = floor_us
+        timed_us = record.get("gpu_us", wall_us)
+        record["time_over_floor"] = timed_us / floor_us
+        record["fraction_of_gemm_rate"] = flops / (timed_us * 1e-6) / calibration.gemm_rate[dtype_name]
+    benchmark.extra_info.update(record)
+    benchmark.group = f"{dtype_name} H={hidden} B={batch}"
+    bench_results.append(record)

@@ -1,0 +1,336 @@
+"""``python -m bertpool_fast inspect``: compile every shipped kernel configuration for a GPU this
+machine may not have, and print what the compiler made of it.
+
+Triton compiles for a named target (``GPUTarget("cuda", 90, 32)``) with no driver, and its wheel
+carries ptxas and cuobjdump, so a kernel developer can see registers, spills, shared memory and
+tensor-core use on a laptop. Each kernel module in ``bertpool_fast.kernels`` that defines
+``inspection_cases()`` is found and compiled; nothing here lists kernels by name.
+
+Where the numbers come from:
+  * registers: the cubin's resource table (``cuobjdump --dump-resource-usage``), i.e. the binary
+    Triton would load;
+  * spills: ``ptxas -v`` run again on Triton's PTX for the same target (the cubin records only the
+    stack frame, which spills land in);
+  * shared memory: Triton's metadata (dynamic shared memory is Triton's own allocation; ptxas
+    sees none of it);
+  * tensor cores: ``mma.sync`` (sm_80 and small tiles on sm_90) or ``wgmma.mma_async`` (sm_90)
+    in the PTX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+ARCHS = {"sm_80": 80, "sm_90": 90}
+DTYPE_NAMES = ("fp16", "bf16", "fp32")
+
+
+@dataclass
+class InspectResult:
+    name: str
+    arch: str
+    dtype: str
+    num_warps: int
+    num_stages: int
+    expects_tensor_cores: bool
+    tags: dict = field(default_factory=dict)
+    registers: Optional[int] = None
+    spill_stores: Optional[int] = None  # bytes
+    spill_loads: Optional[int] = None  # bytes
+    stack_bytes: Optional[int] = None
+    shared_bytes: Optional[int] = None
+    tensor_cores: str = ""  # "wgmma", "mma" or "" (none)
+    compile_s: float = 0.0
+    error: Optional[str] = None
+
+    @property
+    def spills(self) -> Optional[int]:
+        if self.spill_stores is None:
+            return None
+        return self.spill_stores + (self.spill_loads or 0)
+
+
+def discover_cases() -> list:
+    """Every ``KernelCase`` of every module in ``bertpool_fast.kernels`` with ``inspection_cases``."""
+    from . import kernels
+
+    cases = []
+    for info in sorted(pkgutil.iter_modules(kernels.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        make_cases = getattr(module, "inspection_cases", None)
+        if callable(make_cases):
+            cases.extend(make_cases())
+    names = [c.name for c in cases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"inspection case names must be unique; repeated: {duplicates}")
+    return cases
+
+
+def select_cases(cases: list, dtypes: Optional[list[str]], name_filter: Optional[str]) -> list:
+    from .kernels.inspection import TRITON_DTYPE
+
+    return [
+        c
+        for c in cases
+        if (not dtypes or TRITON_DTYPE[c.dtype] in dtypes)
+        and (not name_filter or name_filter in c.name)
+    ]
+
+
+def _jit_function(kernel):
+    # Under TRITON_INTERPRET=1 @triton.jit returns an InterpretedFunction, which cannot be compiled,
+    # and so are the @triton.jit helpers it calls: the whole process must run without the switch.
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(kernel, JITFunction):
+        raise RuntimeError(
+            "kernel inspection compiles for a GPU target and cannot run with TRITON_INTERPRET=1 "
+            "(Triton's CPU interpreter replaces every @triton.jit function); unset it"
+        )
+    return kernel
+
+
+def _ast_source(case):
+    from triton.compiler import ASTSource
+
+    fn = _jit_function(case.kernel)
+    signature = dict(case.signature)
+    signature.update({name: "constexpr" for name in case.constexprs})
+    unknown = [n for n in signature if n not in fn.arg_names]
+    if unknown:
+        raise ValueError(f"{case.name}: {unknown} are not arguments of {fn.__name__}")
+    missing = [n for n in fn.arg_names if n not in signature]
+    if missing:
+        raise ValueError(f"{case.name}: no type or constexpr value given for {missing}")
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in case.divisible_by_16}
+    try:
+        return ASTSource(fn=fn, signature=signature, constexprs=dict(case.constexprs), attrs=attrs)
+    except (AssertionError, TypeError, ValueError):
+        # Releases that key constants only by argument-index path, e.g. {(3,): 64}.
+        constexprs = {(fn.arg_names.index(n),): v for n, v in case.constexprs.items()}
+        return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+
+
+def _nvidia_tool(name: str, capability: int) -> str:
+    import triton.backends.nvidia as nvidia
+
+    if name == "ptxas":
+        try:  # triton >= 3.4 picks a newer ptxas for sm_90+ ("ptxas-blackwell")
+            from triton.backends.nvidia.compiler import get_ptxas
+
+            return get_ptxas(capability).path
+        except (ImportError, AttributeError, TypeError):
+            pass
+    return os.path.join(os.path.dirname(nvidia.__file__), "bin", name)
+
+
+def _ptxas_spills(ptx: str, arch: str, capability: int) -> tuple[int, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        cmd = [_nvidia_tool("ptxas", capability), "-v", f"--gpu-name={arch}", src, "-o", os.devnull]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"ptxas -v failed ({' '.join(cmd)}):\n{run.stderr.strip()}")
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", run.stderr)
+    if m is None:
+        raise RuntimeError(f"no spill line in ptxas -v output:\n{run.stderr.strip()}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _cubin_resources(cubin: bytes, capability: int) -> dict[str, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        cmd = [_nvidia_tool("cuobjdump", capability), "--dump-resource-usage", path]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed ({' '.join(cmd)}):\n{run.stderr.strip()}")
+    found = dict(re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", run.stdout))
+    if "REG" not in found:
+        raise RuntimeError(f"no register count in cuobjdump output:\n{run.stdout.strip()}")
+    return {k: int(v) for k, v in found.items()}
+
+
+def _results_cache_dir() -> str:
+    root = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    return os.path.join(root, "bertpool_fast_inspect")
+
+
+def tensor_core_instructions(ptx: str) -> str:
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    if re.search(r"\bmma\.sync\.", ptx):
+        return "mma"
+    return ""
+
+
+def compile_case(case, arch: str) -> InspectResult:
+    """Compile one case for ``arch`` ("sm_80" / "sm_90") and read its resources; never raises."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from .kernels.inspection import TRITON_DTYPE
+
+    result = InspectResult(
+        name=case.name,
+        arch=arch,
+        dtype=TRITON_DTYPE[case.dtype],
+        num_warps=case.num_warps,
+        num_stages=case.num_stages,
+        expects_tensor_cores=case.expects_tensor_cores,
+        tags=dict(case.tags),
+    )
+    capability = ARCHS[arch]
+    start = time.perf_counter()
+    try:
+        compiled = triton.compile(
+            _ast_source(case),
+            target=GPUTarget("cuda", capability, 32),
+            options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+        )
+        # Triton caches the compile; the readings are cached beside it under the same kernel hash
+        # (source, options, target and Triton version), so a second run costs no ptxas call.
+        cache_file = os.path.join(_results_cache_dir(), f"{compiled.metadata.hash}.json")
+        if os.path.exists(cache_file):
+            with open(cache_file) as f:
+                for key, value in json.load(f).items():
+                    setattr(result, key, value)
+            result.compile_s = time.perf_counter() - start
+            return result
+        ptx = compiled.asm["ptx"]
+        ptx_arch = re.search(r"^\s*\.target\s+(\w+)", ptx, re.MULTILINE).group(1)
+        resources = _cubin_resources(compiled.asm["cubin"], capability)
+        result.registers = resources["REG"]
+        result.stack_bytes = resources.get("STACK", 0)
+        result.spill_stores, result.spill_loads = _ptxas_spills(ptx, ptx_arch, capability)
+        result.shared_bytes = int(compiled.metadata.shared)
+        result.tensor_cores = tensor_core_instructions(ptx)
+        readings = ("registers", "stack_bytes", "spill_stores", "spill_loads", "shared_bytes",
+                    "tensor_cores")  # fmt: skip
+        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+        with open(cache_file + f".{os.getpid()}", "w") as f:
+            json.dump({k: getattr(result, k) for k in readings}, f)
+        os.replace(cache_file + f".{os.getpid()}", cache_file)  # atomic: workers race here
+    except Exception as exc:  # reported per configuration; one bad config must not hide the rest
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.compile_s = time.perf_counter() - start
+    return result
+
+
+def _compile_indexed(job: tuple[int, str]) -> InspectResult:
+    # Runs in a worker process: cases hold @triton.jit functions, which do not pickle, so the
+    # worker rediscovers them and compiles the one at this index.
+    index, arch = job
+    return compile_case(discover_cases()[index], arch)
+
+
+def inspect_all(cases: list, archs: list[str], jobs: int = 1) -> list[InspectResult]:
+    all_cases = discover_cases()
+    index = {c.name: i for i, c in enumerate(all_cases)}
+    work = [(index[c.name], arch) for c in cases for arch in archs]
+    if jobs <= 1 or len(work) <= 1:
+        return [compile_case(all_cases[i], arch) for i, arch in work]
+    import multiprocessing
+
+    # fork: the workers inherit the imported kernels; there is no CUDA context to inherit badly
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_compile_indexed, work))
+
+
+def format_table(results: list[InspectResult]) -> str:
+    head = ("config", "arch", "regs", "spill st/ld B", "smem KiB", "warps", "stages", "tensor cores")
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append((r.name, r.arch, "-", "-", "-", str(r.num_warps), str(r.num_stages),
+                         "COMPILE FAILED"))
+            continue
+        cores = r.tensor_cores or "none"
+        if r.expects_tensor_cores and not r.tensor_cores:
+            cores = "NONE (expected)"
+        spill = f"{r.spill_stores}/{r.spill_loads}" + (" SPILLS" if r.spills else "")
+        rows.append((r.name, r.arch, str(r.registers), spill, f"{r.shared_bytes / 1024:g}",
+                     str(r.num_warps), str(r.num_stages), cores))  # fmt: skip
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(head)]  # fmt: skip
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    for r in results:
+        if r.error:
+            out.append(f"\n{r.name} ({r.arch}) failed to compile:\n  {r.error}")
+    return "\n".join(out)
+
+
+def problems(results: list[InspectResult]) -> list[str]:
+    """What a shipped configuration must not do: fail, spill, or miss the tensor cores."""
+    found = []
+    for r in results:
+        if r.error:
+            found.append(f"{r.name} ({r.arch}): does not compile")
+        elif r.spills:
+            found.append(f"{r.name} ({r.arch}): spills {r.spill_stores} B / {r.spill_loads} B")
+        elif r.expects_tensor_cores and not r.tensor_cores:
+            found.append(f"{r.name} ({r.arch}): no tensor-core instruction")
+    return found
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bertpool_fast inspect",
+        description="Compile every shipped kernel configuration for a GPU target (no GPU needed) "
+        "and print registers, spills, shared memory, warps/stages and tensor-core use.",
+    )
+    parser.add_argument("--arch", action="append", choices=sorted(ARCHS),
+                        help="target; repeat for several (default: sm_80 and sm_90)")
+    parser.add_argument("--dtype", action="append", choices=DTYPE_NAMES,
+                        help="only configurations of this dtype; repeatable (default: all)")
+    parser.add_argument("--kernel", metavar="TEXT",
+                        help="only configurations whose name contains TEXT")
+    parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
+                        help="compile in this many processes (default: CPUs, at most 8)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when a configuration spills or misses the tensor cores")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the launcher's default; silences 3.9
+
+    from .kernels import interpreter_enabled
+
+    if interpreter_enabled():
+        print("error: inspection compiles for a GPU target and cannot run under "
+              "TRITON_INTERPRET=1 (Triton's CPU interpreter); unset it and rerun", file=sys.stderr)
+        return 2
+    cases = select_cases(discover_cases(), args.dtype, args.kernel)
+    if not cases:
+        print("error: no kernel configuration matches --dtype / --kernel", file=sys.stderr)
+        return 2
+    archs = args.arch or sorted(ARCHS)
+    results = inspect_all(cases, archs, jobs=max(1, args.jobs))
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=1))
+    else:
+        import triton
+
+        print(f"triton {triton.__version__}; {len(cases)} configurations x {', '.join(archs)}")
+        print(format_table(results))
+    failed = [r for r in results if r.error]
+    issues = problems(results)
+    if issues and not args.json:
+        print("\n" + "\n".join(issues), file=sys.stderr)
+    return 1 if failed or (args.strict and issues) else 0

@@ -1,0 +1,160 @@
+"""Kernel inspection: every shipped configuration compiles for sm_80 and sm_90 on this machine, GPU or
+not, with no register spills, and fp16/bf16 configurations run on the tensor cores.
+
+Compiling runs in one subprocess per test session (``python -m bertpool_fast inspect --json``):
+kernels can only be compiled for a GPU target without ``TRITON_INTERPRET=1``, which this test
+process has on a CPU machine. Cold, every configuration of every kernel takes minutes on two CPU
+cores, so the tests compile all forward-pooler configurations (both tile tables) and, of every
+other kernel, the first and last configuration per dtype (the smallest and largest tiles; spills
+come with the largest). ``BERTPOOL_INSPECT_ALL=1`` tests them all; the CLI always covers all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+
+from bertpool_fast.inspect_kernels import ARCHS, discover_cases
+from bertpool_fast.kernels.inspection import TRITON_DTYPE
+
+
+def _kernel_name(case) -> str:
+    return case.name.split()[0]
+
+
+def _tested_cases() -> list:
+    cases = discover_cases()
+    if os.environ.get("BERTPOOL_INSPECT_ALL") == "1":
+        return cases
+    groups = defaultdict(list)
+    for c in cases:
+        groups[(_kernel_name(c), c.dtype)].append(c)
+    chosen = set()
+    for (kernel, _dtype), group in groups.items():
+        chosen.update(c.name for c in (group if kernel == "pooler_fwd" else (group[0], group[-1])))
+    return [c for c in cases if c.name in chosen]
+
+
+CASES = _tested_cases()
+CASE_IDS = [c.name.replace(" ", "_") for c in CASES]
+
+
+def _run_inspect(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        [sys.executable, "-m", "bertpool_fast", "inspect", *args],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def inspected() -> dict:
+    """{(case name, arch): result dict}, every tested case compiled once per arch."""
+    results = {}
+    # One call per kernel name keeps the command line short; --kernel matches by substring, so
+    # the tested names are picked out of its output.
+    for kernel in sorted({_kernel_name(c) for c in CASES}):
+        run = _run_inspect("--json", "--kernel", kernel + " ")
+        assert run.returncode == 0, f"inspect --kernel {kernel!r} failed:\n{run.stderr[-3000:]}"
+        for r in json.loads(run.stdout):
+            results[(r["name"], r["arch"])] = r
+    return results
+
+
+def _result(inspected, case, arch) -> dict:
+    r = inspected.get((case.name, arch))
+    assert r is not None, f"{case.name} was not compiled for {arch}"
+    assert r["error"] is None, f"{case.name} ({arch}) does not compile: {r['error']}"
+    return r
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_compiles_without_spills(inspected, case, arch):
+    r = _result(inspected, case, arch)
+    assert r["registers"] is not None and 0 < r["registers"] <= 255
+    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (
+        f"{case.name} ({arch}) spills {r['spill_stores']} B stores / {r['spill_loads']} B loads "
+        f"at {r['registers']} registers"
+    )
+    assert r["num_warps"] == case.num_warps and r["num_stages"] == case.num_stages
+    assert r["shared_bytes"] > 0  # every shipped kernel stages its tiles through shared memory
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.expects_tensor_cores],
+    ids=[i for c, i in zip(CASES, CASE_IDS) if c.expects_tensor_cores],
+)  # fmt: skip
+def test_half_precision_uses_tensor_cores(inspected, case, arch):
+    r = _result(inspected, case, arch)
+    allowed = {"sm_80": {"mma"}, "sm_90": {"mma", "wgmma"}}[arch]
+    assert r["tensor_cores"] in allowed, (
+        f"{case.name} ({arch}) uses {r['tensor_cores'] or 'no'} tensor-core instructions"
+    )
+
+
+def _invariant_pooler_cases():
+    return [c for c in CASES if c.tags.get("table") == "batch_invariant"]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_batch_invariant_tiles_share_one_instruction(inspected, arch):
+    # The batch-invariance argument in kernels/pooler.py: all tiles of a dtype lower the dot to one
+    # instruction family, and on sm_90 that is wgmma for fp16/bf16.
+    by_dtype = defaultdict(set)
+    for case in _invariant_pooler_cases():
+        by_dtype[case.dtype].add(_result(inspected, case, arch)["tensor_cores"])
+    assert by_dtype, "no batch-invariant configurations found"
+    for dtype, instructions in by_dtype.items():
+        name = TRITON_DTYPE[dtype]
+        assert len(instructions) == 1, f"{name} {arch}: mixed {sorted(instructions)}"
+        # fp32 ("ieee") is FMA in K order, no tensor core, on both targets
+        expected = "" if name == "fp32" else {"sm_80": "mma", "sm_90": "wgmma"}[arch]
+        assert instructions == {expected}, f"{name} {arch}: {sorted(instructions)}"
+
+
+def test_every_kernel_module_is_discovered():
+    import pkgutil
+
+    from bertpool_fast import kernels
+
+    found = {c.kernel.__name__ for c in discover_cases()}
+    assert "pooler_fwd_kernel" in found
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = __import__(f"{kernels.__name__}.{info.name}", fromlist=["_"])
+        if hasattr(module, "inspection_cases"):
+            assert {c.kernel.__name__ for c in module.inspection_cases()} <= found
+
+
+def test_cli_prints_a_table(inspected):
+    run = _run_inspect("--arch", "sm_90", "--dtype", "bf16", "--kernel", "pooler_fwd bf16 M<=16")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1].split()[:3] == ["config", "arch", "regs"]
+    row = [ln for ln in lines if ln.startswith("pooler_fwd bf16 M<=16 ")]
+    assert len(row) == 1 and " sm_90 " in row[0]
+    expected = inspected[("pooler_fwd bf16 M<=16", "sm_90")]
+    assert f" {expected['registers']} " in row[0] and row[0].rstrip().endswith("mma")
+
+
+def test_cli_refuses_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "bertpool_fast", "inspect", "--kernel", "pooler_fwd"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "TRITON_INTERPRET" in run.stderr
+
+
+def test_cli_rejects_unknown_arch_and_empty_selection():
+    run = _run_inspect("--arch", "sm_75")
+    assert run.returncode == 2 and "invalid choice: 'sm_75'" in run.stderr
+    run = _run_inspect("--kernel", "no such kernel")
+    assert run.returncode == 2 and "no kernel configuration matches" in run.stderr

@@ -22,8 +22,9 @@ def tanh_f32(x):
     ax = tl.abs(x)
     t = tl.exp(-2.0 * ax)
     big = (1.0 - t) / (1.0 + t)
-    x2 = x * x
-    small = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0)))
+    xs = tl.where(ax < 0.0625, x, 0.0)  # keeps x^2 finite in the branch that is discarded
+    x2 = xs * xs
+    small = xs * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0)))
     y = tl.where(x < 0, -big, big)
     return tl.where(ax < 0.0625, small, y)
 

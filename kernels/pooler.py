@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .activations import apply_activation
+from .precision import round_to
 from .runtime import interpreter_enabled
 
 
@@ -181,7 +182,8 @@ def pooler_fwd_kernel(
         HAS_BIAS, ACTIVATION, DOT_PRECISION, UPCAST_OPERANDS, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     p_out = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
-    tl.store(p_out, acc.to(out_ptr.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+    # UPCAST_OPERANDS is set exactly when the interpreter handles bf16, whose store truncates
+    tl.store(p_out, round_to(acc, out_ptr.dtype.element_ty, UPCAST_OPERANDS), mask=m_m[:, None] & m_n[None, :])
 
 
 def fp32_dot_precision() -> str:

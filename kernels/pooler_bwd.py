@@ -28,6 +28,7 @@ import triton.language as tl
 
 from .activations import activation_grad
 from .pooler import fp32_dot_precision
+from .precision import round_to
 from .runtime import interpreter_enabled
 
 # Activations whose derivative the kernels compute from y alone.
@@ -76,22 +77,6 @@ _DW_FP32 = (
 )
 DX_CONFIGS = {torch.float16: _DX_HALF, torch.bfloat16: _DX_HALF, torch.float32: _DX_FP32}
 DW_CONFIGS = {torch.float16: _DW_HALF, torch.bfloat16: _DW_HALF, torch.float32: _DW_FP32}
-
-
-@triton.jit
-def round_to(x, dtype: tl.constexpr, INTERPRETED_BF16: tl.constexpr):
-    """x (fp32) rounded to ``dtype`` to nearest-even, as the GPU's conversion does.
-
-    Triton 3.9's interpreter truncates fp32 -> bf16 (round toward zero: twice the error, and
-    biased), so under it the rounding is done here on the bits first; the conversion that follows
-    is then exact. Compiled kernels take the plain conversion.
-    """
-    if INTERPRETED_BF16:
-        bits = x.to(tl.uint32, bitcast=True)
-        # add half an ulp of bf16, minus one unless the kept part is odd (ties to even), then cut
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))
-        x = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 def _pick(table, m: int) -> BwdConfig:

@@ -13,8 +13,9 @@ Semantics (those of sentence-transformers' ``Pooling``; a mask entry counts as k
   * weightedmean: position s weighs s + 1 - (first kept position); sum / max(sum of weights, 1e-9).
   * normalize: x / max(||x||_2, 1e-12), as ``F.normalize``.
 A mask row that keeps nothing gives: mean modes, weightedmean and lasttoken -> zeros; cls -> token 0;
-max -> -inf (sentence-transformers 5+ fills with -inf). None of these is NaN; normalised, zeros stay
-zeros, and the -inf row of max becomes NaN, as ``F.normalize`` makes it in sentence-transformers.
+max -> -inf (sentence-transformers 5+ fills with -inf). None of these is NaN. Normalised, zeros stay
+zeros, and max's empty row is defined as zeros too: sentence-transformers' ``F.normalize`` turns its
+-inf row into NaN there, the one place where this op deliberately differs (no NaN from a mask).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def masked_pool_reference(
         denom = w.sum(dim=1, keepdim=True).clamp(min=COUNT_EPS)
         out = total / (denom.sqrt() if mode == "mean_sqrt_len_tokens" else denom)
     if normalize:
+        if mode == "max":
+            out = torch.where(any_kept[:, None], out, 0.0)  # not -inf / inf = NaN: see above
         out = F.normalize(out, p=2, dim=-1, eps=NORM_EPS)
     return out.to(x.dtype)
 

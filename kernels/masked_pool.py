@@ -27,6 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .precision import round_to
+from .runtime import interpreter_enabled
+
 POOL_MODES = ("mean", "mean_sqrt_len_tokens", "max", "cls", "lasttoken", "weightedmean")
 # sentence-transformers clamps the token count / weight sum with min=1e-9, so an all-zero mask row
 # gives 0 / 1e-9 = 0 for the mean modes; F.normalize divides by max(norm, 1e-12).
@@ -92,6 +95,8 @@ def masked_pool_fwd_kernel(
     MODE: tl.constexpr,
     HAS_MASK: tl.constexpr,
     NORMALIZE: tl.constexpr,  # only with BLOCK_H >= H: this program owns the whole row
+    ZERO_EMPTY_MAX: tl.constexpr,  # normalisation follows: an all-masked max row pools to 0
+    INTERPRETED_BF16: tl.constexpr,  # see round_to
     BLOCK_S: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -147,6 +152,8 @@ def masked_pool_fwd_kernel(
                 # all-masked row stays -inf
                 b_x = tl.load(p_x, mask=m_x, other=float("-inf")).to(tl.float32)
                 acc = tl.maximum(acc, tl.max(b_x, axis=0))
+                if ZERO_EMPTY_MAX:
+                    count += tl.sum(keep.to(tl.float32), axis=0)
             elif MODE == "weightedmean":
                 # weight of position s is s + 1 - (first kept position): sentence-transformers'
                 # arange(1, S + 1) - argmax(mask), which restarts at 1 after left padding
@@ -162,13 +169,17 @@ def masked_pool_fwd_kernel(
             acc = acc / tl.maximum(count, 1e-9)
         elif MODE == "mean_sqrt_len_tokens":
             acc = acc / tl.sqrt(tl.maximum(count, 1e-9))
+        elif ZERO_EMPTY_MAX:
+            # -inf / inf would make the normalised row NaN (F.normalize does); defined as 0 here
+            acc = tl.where(count > 0, acc, 0.0)
 
     if NORMALIZE:
         # F.normalize(p=2, eps=1e-12) on the fp32 row, before the single rounding at the store.
         # where(): columns past H hold -inf in max mode and must not enter the norm.
         sq = tl.where(m_h, acc * acc, 0.0)
         acc = acc / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), 1e-12)
-    tl.store(out_ptr + i_b * stride_ob + o_h, acc.to(out_ptr.dtype.element_ty), mask=m_h)
+    b_out = round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16)
+    tl.store(out_ptr + i_b * stride_ob + o_h, b_out, mask=m_h)
 
 
 @triton.jit
@@ -178,6 +189,7 @@ def l2_normalize_kernel(
     H,
     stride_xb,
     stride_ob,
+    INTERPRETED_BF16: tl.constexpr,  # see round_to
     BLOCK_H: tl.constexpr,
 ):
     # One program per row, two sweeps over H: the row is fp32 and L2-resident, just written.
@@ -193,10 +205,15 @@ def l2_normalize_kernel(
         m = (h0 + o) < H
         b_x = tl.load(x_ptr + i_b * stride_xb + h0 + o, mask=m, other=0.0)
         # x * (1 / n) rather than x / n: within an ulp of it, and one division per row
-        tl.store(out_ptr + i_b * stride_ob + h0 + o, (b_x * scale).to(out_ptr.dtype.element_ty), mask=m)
+        b_out = round_to(b_x * scale, out_ptr.dtype.element_ty, INTERPRETED_BF16)
+        tl.store(out_ptr + i_b * stride_ob + h0 + o, b_out, mask=m)
 
 
 NORMALIZE_BLOCK_H = 1024
+
+
+def _interpreted_bf16(dtype: torch.dtype) -> bool:
+    return interpreter_enabled() and dtype == torch.bfloat16
 
 
 def _mask_view(mask: torch.Tensor) -> torch.Tensor:
@@ -244,14 +261,17 @@ def masked_pool_fwd(
         MODE=mode,
         HAS_MASK=has_mask,
         NORMALIZE=normalize and whole_row,
+        ZERO_EMPTY_MAX=normalize,
+        INTERPRETED_BF16=_interpreted_bf16(target.dtype),
         BLOCK_S=config.block_s,
         BLOCK_H=config.block_h,
         num_warps=config.num_warps,
     )
     if split_normalize:
         l2_normalize_kernel[(b,)](
-            target, out, h, target.stride(0), out.stride(0), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4
-        )
+            target, out, h, target.stride(0), out.stride(0),
+            INTERPRETED_BF16=_interpreted_bf16(out.dtype), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4,
+        )  # fmt: skip
     return out
 
 
@@ -265,8 +285,9 @@ def l2_normalize_fwd(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> tor
     # The kernel reads rows contiguously; a [B, H] copy is S times smaller than a pooling pass.
     src = x if x.stride(1) == 1 else x.contiguous()
     l2_normalize_kernel[(b,)](
-        src, out, h, src.stride(0), out.stride(0), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4
-    )
+        src, out, h, src.stride(0), out.stride(0),
+        INTERPRETED_BF16=_interpreted_bf16(out.dtype), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4,
+    )  # fmt: skip
     return out
 
 
@@ -302,6 +323,7 @@ def inspection_cases() -> list:
                     signature=sig,
                     constexprs={
                         "MODE": mode, "HAS_MASK": True, "NORMALIZE": normalize,
+                        "ZERO_EMPTY_MAX": normalize, "INTERPRETED_BF16": False,
                         "BLOCK_S": cfg.block_s, "BLOCK_H": cfg.block_h,
                     },  # fmt: skip
                     num_warps=cfg.num_warps,
@@ -315,7 +337,7 @@ def inspection_cases() -> list:
                 kernel=l2_normalize_kernel,
                 signature={"x_ptr": "*fp32", "out_ptr": f"*{t}", "H": "i32",
                            "stride_xb": "i32", "stride_ob": "i32"},  # fmt: skip
-                constexprs={"BLOCK_H": NORMALIZE_BLOCK_H},
+                constexprs={"INTERPRETED_BF16": False, "BLOCK_H": NORMALIZE_BLOCK_H},
                 num_warps=4,
                 num_stages=3,
                 dtype=dtype,

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-
 import torch.nn.functional as F
 
 from .kernels import (
@@ -302,6 +301,10 @@ def _autocast_inputs(hidden_states, weight, bias):
     if device_type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
         return hidden_states, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
+    if isinstance(weight, torch.Tensor) and hidden_states.dim() == 3 and hidden_states.shape[1] > 1:
+        # Only the first-token rows are read: cast those ([B, 1, H], a view sliced first), never
+        # the whole [B, S, H] tensor - nn.Linear under autocast casts only its [B, H] input too.
+        hidden_states = hidden_states[:, :1]
 
     def cast(t):
         eligible = (

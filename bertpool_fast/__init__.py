@@ -22,6 +22,7 @@ _EXPORTS = {
     "revert_transformers": ".class_patch",
     "fused_pooler": ".ops",
     "is_bert_pooler_form": ".patching",
+    "refusal": ".patching",
     "patch": ".patching",
     "unpatch": ".patching",
     "fused_classifier_head": ".heads",

@@ -7,23 +7,22 @@ Installed, this folder is the subpackage ``bertpool_fast.kernels``.
 from .activations import ACTIVATIONS
 from .classifier_head import HEAD_CONFIGS, classifier_head_fwd, classifier_head_fwd_kernel
 from .masked_pool import POOL_CONFIGS, POOL_MODES, masked_pool_fwd, masked_pool_fwd_kernel
-from .pooler import POOLER_CONFIGS, PoolerConfig, pick_config, pooler_fwd, pooler_fwd_kernel
+from .pooler import POOLER_CONFIGS, pick_config, pooler_fwd, pooler_fwd_kernel
 from .pooler_bwd import (
     BWD_ACTIVATIONS,
     DW_CONFIGS,
     DX_CONFIGS,
-    BwdConfig,
     pooler_bwd_dw,
     pooler_bwd_dw_kernel,
     pooler_bwd_dx,
     pooler_bwd_dx_kernel,
 )
 from .runtime import interpreter_enabled
+from .tiles import TileConfig, pick_tile
 
 __all__ = [
     "ACTIVATIONS",
     "BWD_ACTIVATIONS",
-    "BwdConfig",
     "classifier_head_fwd",
     "classifier_head_fwd_kernel",
     "DW_CONFIGS",
@@ -32,11 +31,12 @@ __all__ = [
     "POOL_CONFIGS",
     "POOL_MODES",
     "POOLER_CONFIGS",
-    "PoolerConfig",
+    "TileConfig",
     "interpreter_enabled",
     "masked_pool_fwd",
     "masked_pool_fwd_kernel",
     "pick_config",
+    "pick_tile",
     "pooler_bwd_dw",
     "pooler_bwd_dw_kernel",
     "pooler_bwd_dx",

@@ -10,7 +10,7 @@ accumulator and the result is cast once, at the store, to the output dtype.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import triton
@@ -19,14 +19,7 @@ import triton.language as tl
 from .activations import apply_activation
 from .precision import round_to
 from .runtime import interpreter_enabled
-
-
-class PoolerConfig(NamedTuple):
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
+from .tiles import TileConfig, pick_tile
 
 
 # Tile table, keyed by the largest M (batch) each row serves. No autotuning: the choice is a pure
@@ -40,16 +33,16 @@ class PoolerConfig(NamedTuple):
 #   * fp32 tiles are half as deep in K: same bytes per stage as fp16, and sm_80's 164 KiB of shared
 #     memory still holds every pipeline.
 _HALF_CONFIGS = (
-    (16, PoolerConfig(16, 32, 64, 4, 4)),
-    (64, PoolerConfig(32, 64, 64, 4, 4)),
-    (256, PoolerConfig(64, 64, 64, 4, 4)),
-    (None, PoolerConfig(128, 128, 64, 8, 3)),
+    (16, TileConfig(16, 32, 64, 4, 4)),
+    (64, TileConfig(32, 64, 64, 4, 4)),
+    (256, TileConfig(64, 64, 64, 4, 4)),
+    (None, TileConfig(128, 128, 64, 8, 3)),
 )
 _FP32_CONFIGS = (
-    (16, PoolerConfig(16, 32, 32, 4, 4)),
-    (64, PoolerConfig(32, 64, 32, 4, 4)),
-    (256, PoolerConfig(64, 64, 32, 4, 4)),
-    (None, PoolerConfig(128, 128, 32, 8, 3)),
+    (16, TileConfig(16, 32, 32, 4, 4)),
+    (64, TileConfig(32, 64, 32, 4, 4)),
+    (256, TileConfig(64, 64, 32, 4, 4)),
+    (None, TileConfig(128, 128, 32, 8, 3)),
 )
 POOLER_CONFIGS = {
     torch.float16: _HALF_CONFIGS,
@@ -69,14 +62,14 @@ POOLER_CONFIGS = {
 # and at that size the op is bound by the weight read, so the predicted cost is small; the benchmark
 # measures it ("triton_bi" against "triton").
 _HALF_INVARIANT_CONFIGS = (
-    (64, PoolerConfig(64, 32, 64, 4, 4)),
-    (256, PoolerConfig(64, 64, 64, 4, 4)),
-    (None, PoolerConfig(128, 128, 64, 8, 3)),
+    (64, TileConfig(64, 32, 64, 4, 4)),
+    (256, TileConfig(64, 64, 64, 4, 4)),
+    (None, TileConfig(128, 128, 64, 8, 3)),
 )
 _FP32_INVARIANT_CONFIGS = (
-    (64, PoolerConfig(64, 32, 32, 4, 4)),
-    (256, PoolerConfig(64, 64, 32, 4, 4)),
-    (None, PoolerConfig(128, 128, 32, 8, 3)),
+    (64, TileConfig(64, 32, 32, 4, 4)),
+    (256, TileConfig(64, 64, 32, 4, 4)),
+    (None, TileConfig(128, 128, 32, 8, 3)),
 )
 BATCH_INVARIANT_CONFIGS = {
     torch.float16: _HALF_INVARIANT_CONFIGS,
@@ -86,12 +79,9 @@ BATCH_INVARIANT_CONFIGS = {
 
 
 @functools.lru_cache(maxsize=None)
-def pick_config(m: int, dtype: torch.dtype, batch_invariant: bool = False) -> PoolerConfig:
+def pick_config(m: int, dtype: torch.dtype, batch_invariant: bool = False) -> TileConfig:
     table = BATCH_INVARIANT_CONFIGS if batch_invariant else POOLER_CONFIGS
-    for max_m, config in table[dtype]:
-        if max_m is None or m <= max_m:
-            return config
-    raise AssertionError("unreachable: the last row of every table has max_m=None")
+    return pick_tile(table[dtype], m)
 
 
 @triton.jit

@@ -20,7 +20,7 @@ that dZ: the GEMMs still run here, only the [M, N] elementwise step does not.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import triton
@@ -30,17 +30,16 @@ from .activations import activation_grad
 from .pooler import fp32_dot_precision
 from .precision import round_to
 from .runtime import interpreter_enabled
+from .tiles import TileConfig, pick_tile
 
 # Activations whose derivative the kernels compute from y alone.
 BWD_ACTIVATIONS = ("tanh", "relu", "identity")
 
 
-class BwdConfig(NamedTuple):
-    block_m: int  # batch rows per tile (dX: output rows; dW: reduction step)
-    block_n: int  # output-feature columns per tile (dX: reduction step; dW: output rows)
-    block_k: int  # input-feature columns per tile (output columns in both kernels)
-    num_warps: int
-    num_stages: int
+# Field meanings in the backward (TileConfig's names are the forward's):
+#   block_m: batch rows per tile (dX: output rows; dW: reduction step)
+#   block_n: output-feature columns per tile (dX: reduction step; dW: output rows)
+#   block_k: input-feature columns per tile (output columns in both kernels)
 
 
 # dX = dZ @ W: output [M, K] in (block_m x block_k) tiles, reduction over N in block_n steps.
@@ -51,49 +50,42 @@ class BwdConfig(NamedTuple):
 # stages: the rows below are those `python -m bertpool_fast inspect` compiles with no spills on
 # sm_80 and sm_90.
 _DX_HALF = (
-    (16, BwdConfig(16, 64, 32, 4, 4)),
-    (64, BwdConfig(32, 64, 64, 4, 4)),
-    (256, BwdConfig(64, 64, 64, 8, 3)),
-    (None, BwdConfig(128, 32, 64, 8, 3)),
+    (16, TileConfig(16, 64, 32, 4, 4)),
+    (64, TileConfig(32, 64, 64, 4, 4)),
+    (256, TileConfig(64, 64, 64, 8, 3)),
+    (None, TileConfig(128, 32, 64, 8, 3)),
 )
 _DX_FP32 = (
-    (16, BwdConfig(16, 32, 32, 4, 3)),
-    (64, BwdConfig(32, 32, 64, 4, 4)),
-    (None, BwdConfig(64, 32, 64, 8, 3)),  # a 128-row fp32 tile spills on sm_80
+    (16, TileConfig(16, 32, 32, 4, 3)),
+    (64, TileConfig(32, 32, 64, 4, 4)),
+    (None, TileConfig(64, 32, 64, 8, 3)),  # a 128-row fp32 tile spills on sm_80
 )
 # dW = dZ^T @ X: output [N, K] in (block_n x block_k) tiles whatever the batch, each program
 # reducing over all M rows itself (no split-M, no atomics: deterministic). 64 x 64 tiles give 144
 # programs for H = 768, enough to fill an H100's 132 SMs; the batch only sets the reduction step.
 # At M <= 16 the loop runs once, so there is nothing to pipeline.
 _DW_HALF = (
-    (16, BwdConfig(16, 64, 64, 4, 2)),
-    (64, BwdConfig(32, 64, 64, 4, 3)),
-    (None, BwdConfig(64, 64, 64, 8, 3)),
+    (16, TileConfig(16, 64, 64, 4, 2)),
+    (64, TileConfig(32, 64, 64, 4, 3)),
+    (None, TileConfig(64, 64, 64, 8, 3)),
 )
 _DW_FP32 = (
-    (16, BwdConfig(16, 64, 64, 4, 2)),
-    (64, BwdConfig(32, 64, 64, 8, 3)),
-    (None, BwdConfig(32, 64, 64, 8, 3)),
+    (16, TileConfig(16, 64, 64, 4, 2)),
+    (64, TileConfig(32, 64, 64, 8, 3)),
+    (None, TileConfig(32, 64, 64, 8, 3)),
 )
 DX_CONFIGS = {torch.float16: _DX_HALF, torch.bfloat16: _DX_HALF, torch.float32: _DX_FP32}
 DW_CONFIGS = {torch.float16: _DW_HALF, torch.bfloat16: _DW_HALF, torch.float32: _DW_FP32}
 
 
-def _pick(table, m: int) -> BwdConfig:
-    for max_m, config in table:
-        if max_m is None or m <= max_m:
-            return config
-    raise AssertionError("unreachable: the last row of every table has max_m=None")
+@functools.lru_cache(maxsize=None)
+def pick_dx_config(m: int, dtype: torch.dtype) -> TileConfig:
+    return pick_tile(DX_CONFIGS[dtype], m)
 
 
 @functools.lru_cache(maxsize=None)
-def pick_dx_config(m: int, dtype: torch.dtype) -> BwdConfig:
-    return _pick(DX_CONFIGS[dtype], m)
-
-
-@functools.lru_cache(maxsize=None)
-def pick_dw_config(m: int, dtype: torch.dtype) -> BwdConfig:
-    return _pick(DW_CONFIGS[dtype], m)
+def pick_dw_config(m: int, dtype: torch.dtype) -> TileConfig:
+    return pick_tile(DW_CONFIGS[dtype], m)
 
 
 @triton.jit

@@ -1,0 +1,26 @@
+"""Tile tables: a kernel's launch configuration looked up by batch size, never autotuned."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+
+class TileConfig(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound
+# None (every larger M). The lookup is a pure function of M, so it costs nothing worth caching
+# beyond the launcher's own lru_cache, never benchmarks at first call, and is the same every run.
+TileTable = tuple[tuple[Optional[int], TileConfig], ...]
+
+
+def pick_tile(table: TileTable, m: int) -> TileConfig:
+    for max_m, config in table:
+        if max_m is None or m <= max_m:
+            return config
+    raise ValueError("a tile table must end with a row whose bound is None")

@@ -54,6 +54,7 @@ def validate_pooler_args(
     activation: str,
     backend: str,
 ) -> None:
+    # Runs on every inference call: plain comparisons, messages built only on failure.
     _check_tensor("hidden_states", hidden_states, 3, "[batch, seq, hidden]")
     _check_tensor("weight", weight, 2, "[out_features, in_features] (nn.Linear layout)")
     if hidden_states.shape[1] < 1:
@@ -66,26 +67,29 @@ def validate_pooler_args(
             f"({hidden_states.shape[2]}); hidden_states {tuple(hidden_states.shape)}, "
             f"weight {tuple(weight.shape)}"
         )
-    tensors = {"hidden_states": hidden_states, "weight": weight}
     if bias is not None:
         _check_tensor("bias", bias, 1, "[out_features]")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(
                 f"bias must have weight.shape[0] = {weight.shape[0]} elements, got {bias.shape[0]}"
             )
-        tensors["bias"] = bias
-    dtypes = {t.dtype for t in tensors.values()}
-    if len(dtypes) > 1:
-        got = ", ".join(f"{k}={v.dtype}" for k, v in tensors.items())
+    dtype = hidden_states.dtype
+    if weight.dtype != dtype or (bias is not None and bias.dtype != dtype):
+        got = ", ".join(f"{k}={v.dtype}" for k, v in _named(hidden_states, weight, bias))
         raise TypeError(f"hidden_states, weight and bias must share one dtype, got {got}")
-    devices = {t.device for t in tensors.values()}
-    if len(devices) > 1:
-        got = ", ".join(f"{k} on {v.device}" for k, v in tensors.items())
+    device = hidden_states.device
+    if weight.device != device or (bias is not None and bias.device != device):
+        got = ", ".join(f"{k} on {v.device}" for k, v in _named(hidden_states, weight, bias))
         raise ValueError(f"hidden_states, weight and bias must be on one device, got {got}")
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+    if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if not isinstance(backend, str) or backend not in BACKENDS:
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _named(hidden_states, weight, bias):
+    pairs = [("hidden_states", hidden_states), ("weight", weight), ("bias", bias)]
+    return [(k, v) for k, v in pairs if v is not None]
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -106,11 +110,12 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
 
 
 def _forward(
-    x_cls, weight, bias, activation: str, backend: str, batch_invariant: bool = False
+    hidden_states, weight, bias, activation: str, backend: str, batch_invariant: bool = False
 ) -> torch.Tensor:
+    # hidden_states: [B, S, H] (position 0 is read) or [M, K] rows
     if backend == "triton":
-        return pooler_fwd(x_cls, weight, bias, activation, batch_invariant=batch_invariant)
-    return pooler_reference(x_cls, weight, bias, activation)
+        return pooler_fwd(hidden_states, weight, bias, activation, batch_invariant=batch_invariant)
+    return pooler_reference(_first_rows(hidden_states), weight, bias, activation)
 
 
 # The op takes the whole hidden_states, not the hidden_states[:, 0] view, so that its backward can
@@ -131,7 +136,7 @@ def pooler_op(
     batch_invariant: bool = False,
 ) -> torch.Tensor:
     """act(hidden_states[:, 0] @ weight.T + bias); the first-token rows are read in place."""
-    return _forward(_first_rows(hidden_states), weight, bias, activation, backend, batch_invariant)
+    return _forward(hidden_states, weight, bias, activation, backend, batch_invariant)
 
 
 @pooler_op.register_fake
@@ -276,7 +281,6 @@ def fused_pooler(
             "batch_invariant=True is a property of the Triton kernel's tiles; the torch path "
             f"(backend={backend!r} on {hidden_states.device}, {hidden_states.dtype}) cannot give it"
         )
-    x_cls = hidden_states[:, 0]  # a strided view: no copy
     needs_grad = torch.is_grad_enabled() and (
         hidden_states.requires_grad
         or weight.requires_grad
@@ -284,7 +288,7 @@ def fused_pooler(
     )
     if needs_grad or torch.compiler.is_compiling():
         return pooler_op(hidden_states, weight, bias, activation, chosen, batch_invariant)
-    return _forward(x_cls, weight, bias, activation, chosen, batch_invariant)
+    return _forward(hidden_states, weight, bias, activation, chosen, batch_invariant)
 
 
 def _autocast_inputs(hidden_states, weight, bias):

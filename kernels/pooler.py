@@ -182,7 +182,7 @@ def fp32_dot_precision() -> str:
 
 
 def pooler_fwd(
-    x_cls: torch.Tensor,
+    x: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
     activation: str,
@@ -191,38 +191,40 @@ def pooler_fwd(
 ) -> torch.Tensor:
     """Launch the fused pooler. Inputs are validated by the caller (``bertpool_fast.fused_pooler``).
 
-    x_cls: [M, K] (any strides), weight: [N, K], bias: [N] or None; all of one dtype and device.
-    batch_invariant: use ``BATCH_INVARIANT_CONFIGS``, so row i's output does not depend on M.
-    Returns [M, N] in that dtype.
+    x: the first-token rows, either ``hidden_states`` [M, S, K] itself (position 0 of each sequence
+    is read: it starts at the tensor's own data pointer, so no ``[:, 0]`` view is built on the
+    launch path) or an [M, K] tensor of rows; any strides. weight: [N, K], bias: [N] or None; all
+    of one dtype and device. batch_invariant: use ``BATCH_INVARIANT_CONFIGS``, so row i's output
+    does not depend on M. Returns [M, N] in that dtype.
     """
-    m, k = x_cls.shape
+    m, k = x.shape[0], x.shape[-1]
     n = weight.shape[0]
+    dtype = x.dtype
     if out is None:
-        out = torch.empty((m, n), dtype=x_cls.dtype, device=x_cls.device)
+        out = torch.empty((m, n), dtype=dtype, device=x.device)
     if m == 0 or n == 0:
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
-    config = pick_config(m, x_cls.dtype, batch_invariant)
-    is_fp32 = x_cls.dtype == torch.float32
+    config = pick_config(m, dtype, batch_invariant)
     grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m))
     pooler_fwd_kernel[grid](
-        x_cls,
+        x,
         weight,
         bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
         out,
         m,
         n,
         k,
-        x_cls.stride(0),
-        x_cls.stride(1),
+        x.stride(0),
+        x.stride(-1),
         weight.stride(0),
         weight.stride(1),
         bias.stride(0) if bias is not None else 0,
         out.stride(0),
         HAS_BIAS=bias is not None,
         ACTIVATION=activation,
-        DOT_PRECISION=fp32_dot_precision() if is_fp32 else "ieee",
-        UPCAST_OPERANDS=interpreter_enabled() and x_cls.dtype == torch.bfloat16,
+        DOT_PRECISION=fp32_dot_precision() if dtype == torch.float32 else "ieee",
+        UPCAST_OPERANDS=interpreter_enabled() and dtype == torch.bfloat16,
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,

@@ -90,7 +90,8 @@ def summary_table(records: list[dict]) -> str:
              f"{'t/floor':>8}"]  # fmt: skip
     for r in sorted(records, key=lambda r: (str(r.get("bench")), str(case_of(r)),
                                             _rank(r["contestant"]))):  # fmt: skip
-        eager = _time(idx.get((r.get("bench", "?"), case_of(r), "eager")))
+        eager = _time(next((idx[k] for k in ((r.get("bench", "?"), case_of(r), b)
+                                                  for b in BASELINES) if k in idx), None))
         speedup = eager / _time(r) if eager else None
         case = " ".join([r.get("bench", "?")] + [f"{k}={v}" for k, v in case_of(r)])
         lines.append(f"{case:40} {r['contestant']:22} {_fmt(r.get('gpu_us'), '9.2f')} "
@@ -286,19 +287,90 @@ def plots(records: list[dict], env: dict, out_dir: str) -> list[str]:
     return written
 
 
+def backward_markdown(records: list[dict]) -> list[str]:
+    """The forward + backward section (records with "bench": "backward")."""
+    if not records:
+        return []
+    idx = _index(records)
+    out = [
+        "## Forward + backward (training)", "",
+        "One forward, then `torch.autograd.grad` w.r.t. hidden_states, weight and bias with a fixed "
+        "upstream gradient (no `.grad` accumulation), the same for every contestant; gradients "
+        "checked against eager autograd first. floor = max(bytes / bandwidth, flops / GEMM "
+        "rate) over forward + backward: forward bytes = W + bias + B*H (X rows) + B*H (y); "
+        "backward bytes = W + B*H (X rows) + 2*B*H (dY, y) read, B*H (dX rows) + W + bias "
+        "written; flops = 2*B*H*H + 4*B*H*H. floor+fill also counts the zeros of the dense "
+        "[B, S, H] gradient outside row 0, which autograd makes every contestant write.", "",
+    ]  # fmt: skip
+    if not any("gpu_us" in r for r in records):
+        out += ["**No CUDA GPU: only eager and the op's torch path were timed; the Triton backward "
+                "ran once through the interpreter to check its gradients. Kernel figures need a "
+                "GPU.**", ""]  # fmt: skip
+    out += [
+        "| dtype | H | B | contestant | GPU us | wall us | x eager (GPU) | x eager (wall) | "
+        "floor us | floor+fill us | time/floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for dtype, hidden, batch in _cases(records):
+        eager = idx.get((dtype, hidden, batch, "eager"))
+        for c in _contestants(records):
+            r = idx.get((dtype, hidden, batch, c))
+            if r is None:
+                continue
+            both_gpu = eager and "gpu_us" in r and "gpu_us" in eager
+            x_gpu = eager["gpu_us"] / r["gpu_us"] if both_gpu else None
+            x_wall = eager["wall_us"] / r["wall_us"] if eager else None
+            out.append(
+                f"| {dtype} | {hidden} | {batch} | {c} | {_fmt(r.get('gpu_us'), '.2f')} | "
+                f"{r['wall_us']:.2f} | {_fmt(x_gpu, '.2f')} | {_fmt(x_wall, '.2f')} | "
+                f"{r['floor_us']:.2f} | {r['floor_fill_us']:.2f} | {r['time_over_floor']:.2f} |"
+            )
+    return out + [""]
+
+
+# Benches with their own section above; any other bench (heads, masked_pool, ...) gets one generic
+# table. "x eager" divides by the first baseline contestant present for the same case.
+OWN_SECTIONS = ("pooler_fwd", "backward")
+BASELINES = ("eager", "eager_st")
+
+
+def other_benches_markdown(records: list[dict]) -> list[str]:
+    out = []
+    for bench in sorted({r["bench"] for r in records if r.get("bench") not in (None,) + OWN_SECTIONS}):
+        recs = _records_of(records, bench)
+        keys = [k for k in ("dtype", "hidden", "seq", "labels", "batch") if any(k in r for r in recs)]
+        case = lambda r: tuple(r.get(k) for k in keys)  # noqa: E731
+        idx = {(case(r), r["contestant"]): r for r in recs}
+        out += [f"## {bench}", "", "| " + " | ".join(keys) + " | contestant | GPU us | wall us | "
+                "x eager | floor us | time/floor |", "|---" * (len(keys) + 6) + "|"]  # fmt: skip
+        for r in sorted(recs, key=lambda r: (case(r), _rank(r["contestant"]))):
+            base = next((idx[(case(r), b)] for b in BASELINES if (case(r), b) in idx), None)
+            x = _time(base) / _time(r) if base else None
+            out.append("| " + " | ".join(str(v) for v in case(r)) + f" | {r['contestant']} | "
+                       f"{_fmt(r.get('gpu_us'), '.2f')} | {r['wall_us']:.2f} | {_fmt(x, '.2f')} | "
+                       f"{r['floor_us']:.2f} | {r['time_over_floor']:.2f} |")  # fmt: skip
+        out.append("")
+    return out
+
+
 def write_report(json_path: str, out_dir: Optional[str] = None) -> list[str]:
     out_dir = out_dir or os.path.dirname(os.path.abspath(json_path))
     os.makedirs(out_dir, exist_ok=True)
-    records, env, cal = load(json_path)
-    records = _records_of(records, "pooler_fwd")
-    if not records:
+    all_records, env, cal = load(json_path)
+    records = _records_of(all_records, "pooler_fwd")
+    backward = _records_of(all_records, "backward")
+    others = other_benches_markdown(all_records)
+    if not records and not backward and not others:
         raise ValueError(f"{json_path} holds no timed benchmark (was it run with --benchmark-disable?)")
-    written = plots(records, env, out_dir)
-    text = markdown(records, env, cal)
-    if not written:
+    written = plots(records, env, out_dir) if records else []
+    header = f"# bertpool_fast benchmark: {env.get('device', '?')}\n\nStamp: {stamp(env)}.\n\n"
+    text = markdown(records, env, cal) if records else header
+    text += "\n".join(backward_markdown(backward))
+    text += "\n".join(others)
+    if records and not written:
         text += "\nPlots not written: matplotlib is not installed (`pip install matplotlib`, then " \
                 f"`python -m bench.report {json_path}`).\n"
-    else:
+    elif written:
         text += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in written) + "\n"
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:

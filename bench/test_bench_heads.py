@@ -86,9 +86,9 @@ def test_head(benchmark, request, budget, calibration, bench_results, dtype_name
         iters = 200 if harness.HAS_CUDA else 20
         benchmark.pedantic(harness.wall_loop(call, 1, iters), rounds=15, warmup_rounds=2)
         wall_us = benchmark.stats.stats.median * 1e6 / iters
-        record = {"dtype": dtype_name, "hidden": hidden, "batch": batch, "labels": LABELS,
-                  "contestant": contestant, "wall_us": wall_us, "bytes": nbytes, "flops": flops,
-                  "rel_err_vs_eager": err}  # fmt: skip
+        record = {"bench": "heads", "dtype": dtype_name, "hidden": hidden, "batch": batch,
+                  "labels": LABELS, "contestant": contestant, "wall_us": wall_us, "bytes": nbytes,
+                  "flops": flops, "rel_err_vs_eager": err}  # fmt: skip
         if harness.HAS_CUDA:
             timing = harness.gpu_time(call, 1)
             record.update(timing.as_dict("gpu"))

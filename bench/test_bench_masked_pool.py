@@ -83,8 +83,8 @@ def test_masked_pool(benchmark, request, budget, calibration, bench_results, dty
         iters = 200 if harness.HAS_CUDA else 20
         benchmark.pedantic(harness.wall_loop(call, n, iters), rounds=15, warmup_rounds=2)
         wall_us = benchmark.stats.stats.median * 1e6 / iters
-        record = {"dtype": dtype_name, "batch": batch, "seq": seq, "hidden": hidden,
-                  "contestant": contestant, "wall_us": wall_us, "bytes": nbytes,
+        record = {"bench": "masked_pool", "dtype": dtype_name, "batch": batch, "seq": seq,
+                  "hidden": hidden, "contestant": contestant, "wall_us": wall_us, "bytes": nbytes,
                   "rel_err_vs_fp32": err}  # fmt: skip
         if harness.HAS_CUDA:
             timing = harness.gpu_time(call, n)

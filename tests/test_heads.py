@@ -6,7 +6,7 @@ import transformers as T
 
 import bertpool_fast.heads as heads
 from bertpool_fast.heads import fused_classifier_head, patch_heads, unpatch_heads
-from bertpool_fast.kernels.classifier_head import classifier_head_fwd
+from bertpool_fast.kernels.classifier_head import SPLIT_MAX_M, classifier_head_fwd, pick_head_config
 from bertpool_fast.reference import apply_activation_torch
 from conftest import KERNEL_DEVICE, assert_close_rel, poisoned, randn
 
@@ -43,6 +43,63 @@ def test_parity(b, s, k, n, labels, dtype):
     out = fused_classifier_head(h, w1, b1, w2, b2, backend="triton")
     assert out.dtype == dtype and out.shape == (b, labels)
     assert_close_rel(out, reference64(h, w1, b1, w2, b2, "tanh", dtype), dtype)
+
+
+# Both launch paths and the switch between them (split-N up to SPLIT_MAX_M rows, fused above), with
+# N and K off every block multiple (N = 70: two N chunks, the second partial; K = 40 off 32 and 64)
+# and label counts from 1 to 17 (BLOCK_L 16 and 32).
+PATH_ROWS = [1, 17, SPLIT_MAX_M, SPLIT_MAX_M + 1]
+
+
+@pytest.mark.parametrize("labels", [1, 2, 3, 17], ids=lambda n: f"L{n}")
+@pytest.mark.parametrize("m", PATH_ROWS, ids=lambda m: f"M{m}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_parity_both_paths(m, labels, dtype):
+    assert pick_head_config(m, dtype).split_n == (m <= SPLIT_MAX_M)
+    h = randn(m, 2, 40, dtype=dtype)
+    w1, b1, w2, b2 = params(40, 70, labels, dtype)
+    out = poisoned((m, labels), dtype, KERNEL_DEVICE)
+    assert classifier_head_fwd(h[:, 0], w1, b1, w2, b2, "tanh", out=out) is out
+    assert_close_rel(out, reference64(h, w1, b1, w2, b2, "tanh", dtype), dtype)
+
+
+@pytest.mark.parametrize("m", [16, SPLIT_MAX_M + 1], ids=["split", "fused"])
+def test_deterministic(m):
+    h = randn(m, 3, 72, dtype=torch.bfloat16)
+    w1, b1, w2, b2 = params(72, 136, 5, torch.bfloat16)
+    first = classifier_head_fwd(h[:, 0], w1, b1, w2, b2, "tanh")
+    assert torch.equal(first, classifier_head_fwd(h[:, 0], w1, b1, w2, b2, "tanh"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_paths_agree_on_shared_rows(dtype):
+    # Not bitwise (the paths add the N chunks with different roundings, see the kernel docstring):
+    # a row's logits agree between a split-N batch and a fused batch to the dtype's tolerance.
+    h = randn(SPLIT_MAX_M + 1, 1, 40, dtype=dtype)
+    w1, b1, w2, b2 = params(40, 130, 3, dtype)
+    small = classifier_head_fwd(h[:16, 0], w1, b1, w2, b2, "tanh")
+    large = classifier_head_fwd(h[:, 0], w1, b1, w2, b2, "tanh")
+    assert_close_rel(small, large[:16], dtype)
+
+
+def test_bf16_rounds_to_nearest():
+    # Truncation (the interpreter's own fp32 -> bf16 cast) never moves a value away from zero; the
+    # GPU's round-to-nearest does so about half the time. Both roundings (pooled chunk, logits)
+    # go through round_to, so about half the logits lie above the exact value in magnitude.
+    h = randn(64, 1, 48, dtype=torch.bfloat16)
+    w1, b1, w2, b2 = params(48, 80, 17, torch.bfloat16)
+    for m in (16, 64):  # both tiles of the split path (the fused one is checked by parity above)
+        out = classifier_head_fwd(h[:m, 0], w1, b1, w2, b2, "tanh").double()
+        exact = reference64(h[:m], w1, b1, w2, b2, "tanh", torch.bfloat16)
+        away = (out.abs() > exact.abs()).double().mean().item()
+        assert 0.3 < away < 0.7, f"{away:.2f} of the logits rounded away from zero"
+
+
+def test_zero_width_pooler():
+    # N = 0: the split grid would be empty, so the fused path runs; logits are b2 alone
+    w1, b1, w2, b2 = randn(0, 8), randn(0), randn(3, 0), randn(3)
+    out = classifier_head_fwd(randn(4, 8), w1, b1, w2, b2, "tanh")
+    assert torch.equal(out, b2.expand(4, 3))
 
 
 @pytest.mark.parametrize("act", ["gelu", "relu", "identity"])

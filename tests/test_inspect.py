@@ -83,7 +83,8 @@ def test_compiles_without_spills(inspected, case, arch):
         f"at {r['registers']} registers"
     )
     assert r["num_warps"] == case.num_warps and r["num_stages"] == case.num_stages
-    assert r["shared_bytes"] > 0  # every shipped kernel stages its tiles through shared memory
+    if case.tags.get("uses_shared_memory", True):  # false for elementwise kernels (head reduce)
+        assert r["shared_bytes"] > 0  # every GEMM kernel stages its tiles through shared memory
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -28,8 +28,8 @@ _EXPORTS = {
     "fused_classifier_head": ".heads",
     "patch_heads": ".heads",
     "unpatch_heads": ".heads",
-    "masked_pool": ".masked_pool",
-    "l2_normalize": ".masked_pool",
+    "masked_pool": ".masked_pooling",
+    "l2_normalize": ".masked_pooling",
     "patch_sentence_transformer": ".sentence_pooling",
     "unpatch_sentence_transformer": ".sentence_pooling",
 }

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masked_pool import l2_normalize, masked_pool
+from .masked_pooling import l2_normalize, masked_pool
 from .ops import KERNEL_DTYPES
 
 # Feature keys that put sentence-transformers' Pooling on paths the kernel does not cover (unpadded

@@ -41,6 +41,7 @@ import triton.language as tl
 from .pooler import fp32_dot_precision, pooled_tile
 from .precision import round_to
 from .runtime import interpreter_enabled
+from .tiles import pick_tile
 
 # The logits accumulator is [BLOCK_M, BLOCK_L] fp32 in registers next to the pooled chunk. Up to
 # 128 labels it fits beside a 64-row tile; wider heads (rare: num_labels is usually 2-20) are run
@@ -100,10 +101,7 @@ REDUCE_MAX_BLOCK_M = 32
 
 @functools.lru_cache(maxsize=None)
 def pick_head_config(m: int, dtype: torch.dtype) -> HeadConfig:
-    for max_m, config in HEAD_CONFIGS[dtype]:
-        if max_m is None or m <= max_m:
-            return config
-    raise AssertionError("unreachable: the last row of every table has max_m=None")
+    return pick_tile(HEAD_CONFIGS[dtype], m)
 
 
 def block_l_for(num_labels: int) -> int:

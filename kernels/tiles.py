@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, TypeVar
 
 
 class TileConfig(NamedTuple):
@@ -16,10 +16,11 @@ class TileConfig(NamedTuple):
 # A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound
 # None (every larger M). The lookup is a pure function of M, so it costs nothing worth caching
 # beyond the launcher's own lru_cache, never benchmarks at first call, and is the same every run.
-TileTable = tuple[tuple[Optional[int], TileConfig], ...]
+Config = TypeVar("Config")
+TileTable = tuple[tuple[Optional[int], Config], ...]
 
 
-def pick_tile(table: TileTable, m: int) -> TileConfig:
+def pick_tile(table: TileTable, m: int) -> Config:
     for max_m, config in table:
         if max_m is None or m <= max_m:
             return config

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertpool_fast.kernels.masked_pool import POOL_MODES, pick_pool_config
-from bertpool_fast.masked_pool import l2_normalize, masked_pool, masked_pool_reference
+from bertpool_fast.masked_pooling import l2_normalize, masked_pool, masked_pool_reference
 from conftest import KERNEL_DEVICE, assert_close_rel, randn
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]

@@ -120,6 +120,20 @@ def wall_loop(call: Callable[[int], Any], n_inputs: int, iters: int) -> Callable
     return run
 
 
+def benchmark_wall_us(benchmark, call: Callable[[int], Any], n_inputs: int, iters: int,
+                      enabled: bool) -> Optional[float]:  # fmt: skip
+    """Per-call wall time in us, timed by pytest-benchmark over ``wall_loop`` (15 rounds, median).
+
+    Under ``--benchmark-disable`` (CI) it makes one untimed call, so the code path still runs, and
+    returns None: the caller records nothing.
+    """
+    if not enabled:
+        benchmark(call, 0)
+        return None
+    benchmark.pedantic(wall_loop(call, n_inputs, iters), rounds=15, warmup_rounds=2)
+    return benchmark.stats.stats.median * 1e6 / iters
+
+
 def wall_time(call: Callable[[int], Any], n_inputs: int, *, iters: int = 100,
               rounds: int = 15) -> Timing:  # fmt: skip
     """Per-call wall time: ``rounds`` loops of ``iters`` eager calls, each synchronized at its end."""

@@ -188,13 +188,10 @@ def _run_case(benchmark, enabled, calibration, bench_results, dtype_name, hidden
         pytest.skip("kernel figures need a GPU: here the Triton forward and backward kernels run "
                     "through Triton's CPU interpreter, so their gradients were checked but their "
                     "time means nothing")  # fmt: skip
-    if not enabled:
-        benchmark(call, 0)  # --benchmark-disable: one untimed call, the code path only
-        return
-
     iters = 100 if harness.HAS_CUDA else 20
-    benchmark.pedantic(harness.wall_loop(call, n, iters), rounds=15, warmup_rounds=2)
-    wall_us = benchmark.stats.stats.median * 1e6 / iters
+    wall_us = harness.benchmark_wall_us(benchmark, call, n, iters, enabled)
+    if wall_us is None:
+        return  # --benchmark-disable: one untimed call, the code path only
     record = {
         "bench": "backward", "dtype": dtype_name, "hidden": hidden, "batch": batch, "seq": SEQ,
         "contestant": contestant, "wall_us": wall_us, "rotated_sets": n,

@@ -80,12 +80,10 @@ def test_head(benchmark, request, budget, calibration, bench_results, dtype_name
         assert err <= AGREEMENT[dtype_name], f"{contestant} disagrees with eager: rel err {err:.2e}"
         if not harness.HAS_CUDA and contestant == "triton":
             pytest.skip("kernel figures need a GPU: the interpreter's time means nothing")
-        if not enabled:
-            benchmark(call, 0)
-            return
         iters = 200 if harness.HAS_CUDA else 20
-        benchmark.pedantic(harness.wall_loop(call, 1, iters), rounds=15, warmup_rounds=2)
-        wall_us = benchmark.stats.stats.median * 1e6 / iters
+        wall_us = harness.benchmark_wall_us(benchmark, call, 1, iters, enabled)
+        if wall_us is None:
+            return  # --benchmark-disable: one untimed call, the code path only
         record = {"bench": "heads", "dtype": dtype_name, "hidden": hidden, "batch": batch,
                   "labels": LABELS, "contestant": contestant, "wall_us": wall_us, "bytes": nbytes,
                   "flops": flops, "rel_err_vs_eager": err}  # fmt: skip

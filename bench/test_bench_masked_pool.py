@@ -77,12 +77,10 @@ def test_masked_pool(benchmark, request, budget, calibration, bench_results, dty
         assert err <= AGREEMENT[dtype_name], f"{contestant} disagrees: rel err {err:.2e}"
         if not harness.HAS_CUDA and contestant == "triton":
             pytest.skip("kernel figures need a GPU: the interpreter's time means nothing")
-        if not enabled:
-            benchmark(call, 0)
-            return
         iters = 200 if harness.HAS_CUDA else 20
-        benchmark.pedantic(harness.wall_loop(call, n, iters), rounds=15, warmup_rounds=2)
-        wall_us = benchmark.stats.stats.median * 1e6 / iters
+        wall_us = harness.benchmark_wall_us(benchmark, call, n, iters, enabled)
+        if wall_us is None:
+            return  # --benchmark-disable: one untimed call, the code path only
         record = {"bench": "masked_pool", "dtype": dtype_name, "batch": batch, "seq": seq,
                   "hidden": hidden, "contestant": contestant, "wall_us": wall_us, "bytes": nbytes,
                   "rel_err_vs_fp32": err}  # fmt: skip

@@ -150,13 +150,10 @@ def test_pooler(benchmark, request, budget, calibration, bench_results, dtype_na
         if not harness.HAS_CUDA and contestant in KERNEL_CONTESTANTS:
             pytest.skip("kernel figures need a GPU: here the Triton kernel runs through Triton's "
                         "CPU interpreter, so its output was checked but its time means nothing")
-        if not enabled:
-            benchmark(call, 0)  # --benchmark-disable: one untimed call, the code path only
-            return
-
         iters = 200 if harness.HAS_CUDA else 20
-        benchmark.pedantic(harness.wall_loop(call, n, iters), rounds=15, warmup_rounds=2)
-        wall_us = benchmark.stats.stats.median * 1e6 / iters
+        wall_us = harness.benchmark_wall_us(benchmark, call, n, iters, enabled)
+        if wall_us is None:
+            return  # --benchmark-disable: one untimed call, the code path only
         record = {
             "bench": "pooler_fwd", "dtype": dtype_name, "hidden": hidden, "batch": batch, "seq": SEQ,
             "contestant": contestant, "wall_us": wall_us, "rotated_sets": n,

@@ -30,6 +30,26 @@ def test_fullgraph_trace_without_a_gpu():
     assert_close_rel(compiled(hidden), torch.tanh(hidden[:, 0] @ weight.t() + bias), torch.float32)
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_patched_model_fullgraph_without_a_gpu(backend):
+    # The whole patched model in one graph (no break at the pooler); inductor compiles the rest of
+    # the model for the CPU and calls the op, which runs the kernel as it would uncompiled.
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+        vocab_size=64, max_position_embeddings=32,
+    )  # fmt: skip
+    model = BertModel(config).eval().to(KERNEL_DEVICE)
+    ids = torch.randint(0, 64, (3, 6), device=KERNEL_DEVICE)
+    with torch.no_grad():
+        expected = model(input_ids=ids).pooler_output
+        assert bertpool_fast.patch(model) == 1
+        torch._dynamo.reset()
+        got = torch.compile(model, fullgraph=True, backend=backend)(input_ids=ids).pooler_output
+    assert_close_rel(got, expected, torch.float32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_torch_compile_fullgraph_on_gpu(dtype):

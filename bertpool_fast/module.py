@@ -100,6 +100,15 @@ class FastBertPooler(nn.Module):
                 "from_pooler needs a module with `dense` (nn.Linear) and `activation` (nn.Module), "
                 f"got {type(pooler).__name__}"
             )
+        # Same attributes do not make the same computation (a mean pooler can have them too): the
+        # pooler must provably be act(dense(h[:, 0])), by the same proof patch() uses.
+        from .patching import form_of_class, refusal
+
+        reason = refusal(pooler)
+        if reason is None and form_of_class(type(pooler)).name != "bert":
+            reason = f"it is the {form_of_class(type(pooler)).name!r} form; use bertpool_fast.patch"
+        if reason is not None:
+            raise ValueError(f"from_pooler: {type(pooler).__name__} cannot be fused: {reason}")
         return cls.from_parts(dense, act, pooler.training)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,8 @@ def _check_tensor(name: str, t: object, ndim: int, layout: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
+    if t.layout is not torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.dtype not in REFERENCE_DTYPES:
         raise TypeError(
             f"{name} must be float16, bfloat16 or float32 (float64 on backend='torch'), "
@@ -275,6 +277,8 @@ def fused_pooler(
     """
     hidden_states, weight, bias = _autocast_inputs(hidden_states, weight, bias)
     validate_pooler_args(hidden_states, weight, bias, activation, backend)
+    if not isinstance(batch_invariant, bool):
+        raise TypeError(f"batch_invariant must be a bool, got {batch_invariant!r}")
     chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype)
     if batch_invariant and chosen != "triton":
         raise ValueError(

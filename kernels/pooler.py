@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .activations import apply_activation
 from .precision import round_to
-from .runtime import interpreter_enabled
+from .runtime import device_of, interpreter_enabled
 from .tiles import TileConfig, pick_tile
 
 
@@ -177,7 +177,16 @@ def pooler_fwd_kernel(
 
 
 def fp32_dot_precision() -> str:
-    """fp32 GEMMs follow torch's own switch, as nn.Linear does: "highest" means IEEE fp32."""
+    """fp32 GEMMs follow torch's own switch for cuBLAS, as nn.Linear does: "ieee" or "tf32".
+
+    torch has two APIs for it. The newer ``torch.backends.cuda.matmul.fp32_precision`` ("ieee",
+    "tf32", or "none" = not set) wins when set, and once it is set the legacy getter raises (it
+    refuses to answer for a mix of both APIs), so it is read first. "none" defers to the legacy
+    ``get_float32_matmul_precision()``, whose default "highest" means IEEE fp32.
+    """
+    new_api = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
+    if new_api in ("ieee", "tf32"):
+        return new_api
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
@@ -207,30 +216,31 @@ def pooler_fwd(
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
     config = pick_config(m, dtype, batch_invariant)
     grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m))
-    pooler_fwd_kernel[grid](
-        x,
-        weight,
-        bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
-        out,
-        m,
-        n,
-        k,
-        x.stride(0),
-        x.stride(-1),
-        weight.stride(0),
-        weight.stride(1),
-        bias.stride(0) if bias is not None else 0,
-        out.stride(0),
-        HAS_BIAS=bias is not None,
-        ACTIVATION=activation,
-        DOT_PRECISION=fp32_dot_precision() if dtype == torch.float32 else "ieee",
-        UPCAST_OPERANDS=interpreter_enabled() and dtype == torch.bfloat16,
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
+    with device_of(x):
+        pooler_fwd_kernel[grid](
+            x,
+            weight,
+            bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
+            out,
+            m,
+            n,
+            k,
+            x.stride(0),
+            x.stride(-1),
+            weight.stride(0),
+            weight.stride(1),
+            bias.stride(0) if bias is not None else 0,
+            out.stride(0),
+            HAS_BIAS=bias is not None,
+            ACTIVATION=activation,
+            DOT_PRECISION=fp32_dot_precision() if dtype == torch.float32 else "ieee",
+            UPCAST_OPERANDS=interpreter_enabled() and dtype == torch.bfloat16,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            BLOCK_K=config.block_k,
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )
     return out
 
 

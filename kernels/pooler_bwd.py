@@ -29,7 +29,7 @@ import triton.language as tl
 from .activations import activation_grad
 from .pooler import fp32_dot_precision
 from .precision import round_to
-from .runtime import interpreter_enabled
+from .runtime import device_of, interpreter_enabled
 from .tiles import TileConfig, pick_tile
 
 # Activations whose derivative the kernels compute from y alone.
@@ -193,7 +193,9 @@ def pooler_bwd_dw_kernel(
     # dZ is read transposed, [BLOCK_N, BLOCK_M], straight through the strides: no tl.trans
     p_dy = dy_ptr + o_n[:, None] * stride_dyn + o_m[None, :] * stride_dym
     p_y = y_ptr + o_n[:, None] * stride_yn + o_m[None, :] * stride_ym
-    p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
+    # int64: x's row stride is S * H, so BLOCK_M rows of it pass 2^31 elements for long sequences
+    p_x = x_ptr + o_m.to(tl.int64)[:, None] * stride_xm + o_k[None, :] * stride_xk
+    step_x = tl.full((), BLOCK_M, tl.int64) * stride_xm
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc_b = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
@@ -218,7 +220,7 @@ def pooler_bwd_dw_kernel(
             acc = tl.dot(b_dzc, b_x, acc, input_precision=DOT_PRECISION)
         p_dy += BLOCK_M * stride_dym
         p_y += BLOCK_M * stride_ym
-        p_x += BLOCK_M * stride_xm
+        p_x += step_x
 
     if HAS_DW:
         p_dw = dw_ptr + o_n[:, None] * stride_dwn + o_k[None, :] * stride_dwk
@@ -256,30 +258,31 @@ def pooler_bwd_dx(
     # n == 0 needs no special case: the N loop runs zero times and dX is zero
     cfg = pick_dx_config(m, weight.dtype)
     grid = (triton.cdiv(k, cfg.block_k), triton.cdiv(m, cfg.block_m))
-    pooler_bwd_dx_kernel[grid](
-        grad_out,
-        y,
-        weight,
-        out,
-        m,
-        n,
-        k,
-        grad_out.stride(0),
-        grad_out.stride(1),
-        y.stride(0),
-        y.stride(1),
-        weight.stride(0),
-        weight.stride(1),
-        out.stride(0),
-        out.stride(1),
-        ACTIVATION=activation,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **_launch_flags(weight.dtype),
-    )
+    with device_of(weight):
+        pooler_bwd_dx_kernel[grid](
+            grad_out,
+            y,
+            weight,
+            out,
+            m,
+            n,
+            k,
+            grad_out.stride(0),
+            grad_out.stride(1),
+            y.stride(0),
+            y.stride(1),
+            weight.stride(0),
+            weight.stride(1),
+            out.stride(0),
+            out.stride(1),
+            ACTIVATION=activation,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **_launch_flags(weight.dtype),
+        )
     return out
 
 
@@ -321,34 +324,35 @@ def pooler_bwd_dw(
     # without dW only one K tile is needed, the one that stores db
     k_tiles = triton.cdiv(k, cfg.block_k) if need_weight else 1
     grid = (triton.cdiv(n, cfg.block_n), max(k_tiles, 1))
-    pooler_bwd_dw_kernel[grid](
-        grad_out,
-        y,
-        x_cls,
-        dw if dw is not None else x_cls,  # any valid pointer; never touched without HAS_DW
-        db if db is not None else x_cls,  # likewise without HAS_DB
-        m,
-        n,
-        k,
-        grad_out.stride(0),
-        grad_out.stride(1),
-        y.stride(0),
-        y.stride(1),
-        x_cls.stride(0),
-        x_cls.stride(1),
-        dw.stride(0) if dw is not None else 0,
-        dw.stride(1) if dw is not None else 0,
-        db.stride(0) if db is not None else 0,
-        ACTIVATION=activation,
-        HAS_DW=need_weight,
-        HAS_DB=need_bias,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **_launch_flags(dtype),
-    )
+    with device_of(grad_out):
+        pooler_bwd_dw_kernel[grid](
+            grad_out,
+            y,
+            x_cls,
+            dw if dw is not None else x_cls,  # any valid pointer; never touched without HAS_DW
+            db if db is not None else x_cls,  # likewise without HAS_DB
+            m,
+            n,
+            k,
+            grad_out.stride(0),
+            grad_out.stride(1),
+            y.stride(0),
+            y.stride(1),
+            x_cls.stride(0),
+            x_cls.stride(1),
+            dw.stride(0) if dw is not None else 0,
+            dw.stride(1) if dw is not None else 0,
+            db.stride(0) if db is not None else 0,
+            ACTIVATION=activation,
+            HAS_DW=need_weight,
+            HAS_DB=need_bias,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            BLOCK_K=cfg.block_k,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            **_launch_flags(dtype),
+        )
     return dw, db
 
 

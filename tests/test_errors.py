@@ -43,6 +43,17 @@ def test_bad_tensor_arguments(mutate, exc, words):
         bertpool_fast.fused_pooler(h, w, b)
 
 
+def test_sparse_hidden_states():
+    h, w, b = good(device="cpu")
+    with pytest.raises(TypeError, match="hidden_states must be a dense"):
+        bertpool_fast.fused_pooler(h.to_sparse(), w, b)
+
+
+def test_batch_invariant_must_be_a_bool():
+    with pytest.raises(TypeError, match="batch_invariant must be a bool"):
+        bertpool_fast.fused_pooler(*good(), batch_invariant="no")
+
+
 def test_unknown_activation():
     with pytest.raises(ValueError, match="activation must be one of"):
         bertpool_fast.fused_pooler(*good(), activation="swish")
@@ -79,3 +90,14 @@ def test_from_pooler_rejects_unknown_module():
 def test_patch_rejects_non_module():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         bertpool_fast.patch("bert-base-uncased")
+
+
+def test_the_parity_check_itself_fails_on_nan_mismatch():
+    # The tests' rel_error must never let a NaN through, either way round.
+    from conftest import rel_error
+
+    clean = torch.tensor([1.0, 2.0, 3.0])
+    with_nan = torch.tensor([1.0, float("nan"), 3.0])
+    assert rel_error(with_nan, clean) == float("inf")  # a NaN the kernel produced
+    assert rel_error(clean, with_nan) == float("inf")  # a NaN the kernel swallowed
+    assert rel_error(with_nan, with_nan) == 0.0

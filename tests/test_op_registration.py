@@ -92,3 +92,19 @@ def test_compiled_kernel_uses_no_interpreter():
     from bertpool_fast.kernels import interpreter_enabled
 
     assert not interpreter_enabled(), "GPU tests must exercise the compiled kernel"
+
+
+@pytest.mark.gpu
+def test_tensors_on_a_device_that_is_not_current():
+    # Triton launches on the current CUDA device; the launchers switch to the tensors' device.
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices; this machine has one")
+    hidden = torch.randn(4, 8, 256, device="cuda:1", dtype=torch.float16)
+    weight = torch.randn(256, 256, device="cuda:1", dtype=torch.float16) * 256**-0.5
+    bias = torch.randn(256, device="cuda:1", dtype=torch.float16)
+    with torch.cuda.device(0):
+        out = bertpool_fast.fused_pooler(hidden, weight, bias)
+    torch.cuda.synchronize(1)
+    expected = torch.tanh(hidden[:, 0].double() @ weight.double().t() + bias.double())
+    assert out.device == hidden.device
+    assert_close_rel(out, expected, torch.float16)

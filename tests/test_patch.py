@@ -212,6 +212,8 @@ def test_look_alike_pooler_is_not_patched():
 
     model = nn.Sequential(MeanPooler())
     assert bertpool_fast.patch(model) == 0
+    with pytest.raises(ValueError, match="MeanPooler cannot be fused"):
+        FastBertPooler.from_pooler(model[0])
 
 
 def test_fused_output_close_to_float64_reference():

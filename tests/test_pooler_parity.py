@@ -198,3 +198,23 @@ def test_tile_table_covers_every_batch():
         assert len({cfg.block_k for _, cfg in table}) == 1, dtype
         bounds = [m for m, _ in table[:-1]]
         assert bounds == sorted(bounds), dtype
+
+
+@pytest.mark.parametrize("setting", ["tf32", "ieee"])
+def test_fp32_with_the_new_precision_api(setting):
+    # Once torch.backends.cuda.matmul.fp32_precision is set, torch.get_float32_matmul_precision()
+    # raises; the kernel must read the new switch, not crash.
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has only the legacy precision API")
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = setting
+        hidden, weight, bias = make_inputs(3, 2, 64, 32, torch.float32)
+        out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+    finally:
+        matmul.fp32_precision = before
+    # TF32 keeps 10 mantissa bits of each operand: a relative error near 2^-11 is expected there
+    # (the interpreter computes in fp32 either way).
+    scale = 2.0**-11 / REL_TOL[torch.float32] if setting == "tf32" else 1.0
+    assert_close_rel(out, reference64(hidden, weight, bias), torch.float32, scale=max(scale, 1.0))

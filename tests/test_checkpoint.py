@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from conftest import REL_TOL, rel_error
+from conftest import KERNEL_DEVICE, REL_TOL, rel_error
 
 import bertpool_fast
 import bertpool_fast.module as fast_module
@@ -34,8 +34,9 @@ def checkpoint():
 
     path = str(gt.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = BertModel.from_pretrained(path).eval()
-    inputs = dict(tokenizer(SENTENCES, padding=True, return_tensors="pt"))
+    # On a GPU machine the kernel under test is the compiled one: model and inputs go there.
+    model = BertModel.from_pretrained(path).eval().to(KERNEL_DEVICE)
+    inputs = {k: v.to(KERNEL_DEVICE) for k, v in tokenizer(SENTENCES, padding=True, return_tensors="pt").items()}
     return path, model, inputs
 
 
@@ -69,10 +70,10 @@ def test_sentence_transformers_under_the_class_switch(checkpoint, monkeypatch):
     real = fast_module.fused_pooler
     spy = lambda *a, **k: calls.append(1) or real(*a, **k)
     monkeypatch.setattr(fast_module, "fused_pooler", spy)
-    eager_embeddings = st.SentenceTransformer(path, device="cpu").encode(SENTENCES)
+    eager_embeddings = st.SentenceTransformer(path, device=KERNEL_DEVICE).encode(SENTENCES)
     try:
         assert class_patch.apply_to_transformers() > 0
-        model = st.SentenceTransformer(path, device="cpu")  # built after the switch, untouched
+        model = st.SentenceTransformer(path, device=KERNEL_DEVICE)  # built after the switch, untouched
         fused_embeddings = model.encode(SENTENCES)
     finally:
         class_patch.revert_transformers()

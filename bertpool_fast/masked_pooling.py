@@ -16,6 +16,10 @@ A mask row that keeps nothing gives: mean modes, weightedmean and lasttoken -> z
 max -> -inf (sentence-transformers 5+ fills with -inf). None of these is NaN. Normalised, zeros stay
 zeros, and max's empty row is defined as zeros too: sentence-transformers' ``F.normalize`` turns its
 -inf row into NaN there, the one place where this op deliberately differs (no NaN from a mask).
+Non-finite values follow torch: a NaN in a kept token gives NaN in that element of the pooled row
+(max included), and normalised, a NaN anywhere in the row makes the whole row NaN, as
+``F.normalize``. Masked-out tokens are never read, so a NaN or inf there does not reach the output
+in any mode (sentence-transformers' mean modes multiply it by 0, which gives NaN).
 """
 
 from __future__ import annotations
@@ -102,10 +106,12 @@ def masked_pool_reference(
     last = torch.where(any_kept, s - 1 - keep.flip(1).int().argmax(dim=1), 0)
     xf = x.to(acc_dtype)
     rows = torch.arange(b, device=x.device)
+    # masked-out tokens are replaced (where), never multiplied by 0: the kernel does not read them,
+    # so a NaN or inf there must not reach the output (NaN * 0 is NaN)
     if mode == "cls":
         out = xf[rows, first]
     elif mode == "lasttoken":
-        out = xf[rows, last] * any_kept[:, None]
+        out = torch.where(any_kept[:, None], xf[rows, last], 0.0)
     elif mode == "max":
         out = xf.masked_fill(~keep[:, :, None], float("-inf")).amax(dim=1)
     else:
@@ -113,7 +119,7 @@ def masked_pool_reference(
             w = (positions[None, :] + 1 - first[:, None]).to(acc_dtype) * keep
         else:
             w = keep.to(acc_dtype)
-        total = (xf * w[:, :, None]).sum(dim=1)
+        total = (xf.masked_fill(~keep[:, :, None], 0.0) * w[:, :, None]).sum(dim=1)
         denom = w.sum(dim=1, keepdim=True).clamp(min=COUNT_EPS)
         out = total / (denom.sqrt() if mode == "mean_sqrt_len_tokens" else denom)
     if normalize:
@@ -151,9 +157,16 @@ def masked_pool(
 
 
 def l2_normalize(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
-    """``F.normalize(x, p=2, dim=-1)`` for [..., H] in one kernel (fp32 inside, input dtype out)."""
+    """``F.normalize(x, p=2, dim=-1)`` for [..., H] in one kernel (fp32 inside, input dtype out).
+
+    x: any floating-point tensor of at least one dimension, any strides; float64 (and complex, as
+    F.normalize takes it) is served by torch. An empty last dimension (H = 0) gives an empty tensor
+    of x's shape, as F.normalize does.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     if x.dim() < 1:
         raise ValueError("x must have at least one dimension (the one normalised)")
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -161,5 +174,10 @@ def l2_normalize(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     chosen = "torch" if x.dtype not in KERNEL_DTYPES else resolve_backend(backend, x.device, x.dtype)
     if chosen == "torch" or (torch.is_grad_enabled() and x.requires_grad):
         return F.normalize(x, p=2, dim=-1, eps=NORM_EPS)
-    flat = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    h = x.shape[-1]
+    if h == 0:
+        # nothing to normalise; reshape(-1, 0) below would be ambiguous
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    # [..., H] -> [N, H]: a view where the strides allow it; the kernel reads both strides
+    flat = x if x.dim() == 2 else x.reshape(-1, h)
     return l2_normalize_fwd(flat).reshape(x.shape)

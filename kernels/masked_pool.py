@@ -6,16 +6,24 @@ optionally followed by L2 normalisation. It is purely memory-bound: every elemen
 ``hidden_states`` that the mask keeps is read once (masked-out tokens are not even loaded), the
 running sum / max lives in fp32 registers, and only [B, H] is written, in the input dtype.
 
-Grid: one program per (H block, batch row). Each loops over S in BLOCK_S chunks, loading the mask
-chunk and the [BLOCK_S, BLOCK_H] tile through the input's strides, so transposed or sliced inputs
-cost no copy. cls / lasttoken / weightedmean first scan the mask row (S small integers) for the
-first and last kept position.
+Grid: one program per (batch row, H block), both folded into axis 0 with the H block varying
+fastest, so neighbouring programs share a mask row and read neighbouring columns of the same tokens
+(axis 1 would cap B at CUDA's gridDim.y limit of 65535). Each loops over S in BLOCK_S chunks,
+loading the mask chunk and the [BLOCK_S, BLOCK_H] tile through the input's strides, so transposed
+or sliced inputs cost no copy. cls / lasttoken / weightedmean first scan the mask row (S small
+integers) for the first and last kept position.
 
 Normalisation needs the whole row's norm. When one program owns the whole row (``ROW`` configs:
 H <= 4096 and enough rows or little work per row to fill the GPU that way) it is done in the
 epilogue, free. Otherwise the H-split kernel writes the fp32 pooled rows to a scratch buffer and
 ``l2_normalize_kernel`` rescales them: [B, H] fp32 written and read once more, which is S times
 less traffic than the pass over ``hidden_states``, and one extra launch.
+
+NaN propagates as in torch: a NaN in a kept token makes the pooled element NaN in every mode (max
+included: Triton's max defaults to maxnum, which drops NaN), and a NaN anywhere in a row makes the
+whole normalised row NaN, as ``F.normalize``. Masked-out tokens are never read, so nothing in them
+(NaN included) reaches the output. The L2 norm is computed as ``amax * sqrt(sum((x / amax)^2))``,
+so rows whose squares would overflow (|x| > ~1e19 in fp32) or underflow still normalise.
 """
 
 from __future__ import annotations
@@ -28,13 +36,18 @@ import triton
 import triton.language as tl
 
 from .precision import round_to
-from .runtime import interpreter_enabled
+from .runtime import device_of, interpreter_enabled
+from .tiles import pick_tile
 
 POOL_MODES = ("mean", "mean_sqrt_len_tokens", "max", "cls", "lasttoken", "weightedmean")
 # sentence-transformers clamps the token count / weight sum with min=1e-9, so an all-zero mask row
 # gives 0 / 1e-9 = 0 for the mean modes; F.normalize divides by max(norm, 1e-12).
 COUNT_EPS = 1e-9
 NORM_EPS = 1e-12
+# The same two values as the kernels see them (a @triton.jit function may only read constexpr
+# globals): one definition, no literal in a kernel.
+_COUNT_EPS = tl.constexpr(COUNT_EPS)
+_NORM_EPS = tl.constexpr(NORM_EPS)
 # Above this, a whole row no longer fits one program's registers; the H-split path is used.
 MAX_ROW_BLOCK_H = 4096
 # Elements of one [BLOCK_S, BLOCK_H] tile in the whole-row configs: 8 KiB of fp16 per iteration.
@@ -61,22 +74,57 @@ ROW_MIN_BATCH = 256
 ROW_MAX_ELEMS = 1 << 16
 
 
-@functools.lru_cache(maxsize=None)
+# Bounded: one entry per hidden size a process serves (a handful of models).
+@functools.lru_cache(maxsize=64)
 def row_config(h: int) -> MaskedPoolConfig:
     block_h = max(16, triton.next_power_of_2(h))
     return MaskedPoolConfig(max(1, ROW_TILE_ELEMS // block_h), block_h, 8 if block_h >= 2048 else 4)
 
 
-@functools.lru_cache(maxsize=None)
 def pick_pool_config(b: int, s: int, h: int, normalize: bool) -> tuple[MaskedPoolConfig, bool]:
-    """(config, whole_row): whole_row means one program per row and normalisation in-kernel."""
-    fits_row = triton.next_power_of_2(max(h, 1)) <= MAX_ROW_BLOCK_H
+    """(config, whole_row): whole_row means one program per row and normalisation in-kernel.
+
+    Not cached: a server sees every (B, S) pair, and the choice is a few comparisons and a
+    three-row table lookup, no dearer than hashing the key would be.
+    """
+    fits_row = h <= MAX_ROW_BLOCK_H  # MAX_ROW_BLOCK_H is a power of two: next_power_of_2(h) fits
     if normalize and fits_row and (b >= ROW_MIN_BATCH or s * h <= ROW_MAX_ELEMS):
         return row_config(h), True
-    for max_b, config in POOL_CONFIGS:
-        if max_b is None or b <= max_b:
-            return config, False
-    raise AssertionError("unreachable: the last row of the table has max_b=None")
+    return pick_tile(POOL_CONFIGS, b), False
+
+
+@triton.jit
+def _nan_max(x, axis: tl.constexpr):
+    """Max along ``axis`` that propagates NaN, as torch's amax does.
+
+    tl.max lowers to maxnum (np.fmax in the interpreter), which drops NaN. The sum term is 0, or NaN
+    when the slice holds one, and adding 0 changes no max (-inf included). Cheaper than a tl.reduce
+    with a NaN-propagating combine function, which computes the same on a GPU but which Triton's
+    interpreter runs one element at a time in Python (about 15x slower on a 2K-element tile).
+    """
+    is_num = x == x  # noqa: PLR0124 - False exactly where x is NaN
+    return tl.max(x, axis=axis) + tl.sum(tl.where(is_num, 0.0, x), axis=axis)
+
+
+@triton.jit
+def _inv_norm(amax, ssq):
+    """1 / max(||x||, eps) from amax = max|x| and ssq = sum((|x| / amax)^2), as F.normalize.
+
+    An inf element makes the norm inf (x / inf: 0, and NaN for the inf itself, as torch); a NaN
+    (amax is NaN then) makes the whole row NaN, which is why the clamp propagates it.
+    """
+    norm = tl.where(amax == float("inf"), amax, amax * tl.sqrt(ssq))
+    # x * (1 / n) rather than x / n: within an ulp of it, and one division per row
+    return 1.0 / tl.maximum(norm, _NORM_EPS, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _scaled_sq(a, amax):
+    # (|x| / amax)^2 in [0, 1]: neither overflows nor underflows where x^2 would. A division, not
+    # a multiplication by 1 / amax, which overflows for a subnormal amax. An all-zero row divides
+    # by 1 (0 / 0 would be NaN); a NaN amax is dealt with in _inv_norm.
+    y = a / tl.where(amax > 0, amax, 1.0)
+    return y * y
 
 
 @triton.jit
@@ -100,10 +148,13 @@ def masked_pool_fwd_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    # int64: b * stride_xb reaches B * S * H elements, past 2^31 at large batch and long sequences
-    i_b = tl.program_id(1).to(tl.int64)
-    o_h = i_h.to(tl.int64) * BLOCK_H + tl.arange(0, BLOCK_H)
+    # axis 0 = (row, H block), H block fastest; int64: b * stride_xb reaches B * S * H elements,
+    # past 2^31 at large batch and long sequences
+    n_h = tl.cdiv(H, BLOCK_H)
+    pid = tl.program_id(0).to(tl.int64)
+    i_b = pid // n_h
+    i_h = pid % n_h
+    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = o_h < H
     p_row = x_ptr + i_b * stride_xb + o_h * stride_xh
     p_mrow = mask_ptr + i_b * stride_mb
@@ -151,7 +202,7 @@ def masked_pool_fwd_kernel(
                 # masked tokens read as -inf, as sentence-transformers' masked_fill(-inf); an
                 # all-masked row stays -inf
                 b_x = tl.load(p_x, mask=m_x, other=float("-inf")).to(tl.float32)
-                acc = tl.maximum(acc, tl.max(b_x, axis=0))
+                acc = tl.maximum(acc, _nan_max(b_x, 0), propagate_nan=tl.PropagateNan.ALL)
                 if ZERO_EMPTY_MAX:
                     count += tl.sum(keep.to(tl.float32), axis=0)
             elif MODE == "weightedmean":
@@ -166,9 +217,9 @@ def masked_pool_fwd_kernel(
                 acc += tl.sum(b_x, axis=0)
                 count += tl.sum(keep.to(tl.float32), axis=0)
         if MODE == "mean" or MODE == "weightedmean":
-            acc = acc / tl.maximum(count, 1e-9)
+            acc = acc / tl.maximum(count, _COUNT_EPS)
         elif MODE == "mean_sqrt_len_tokens":
-            acc = acc / tl.sqrt(tl.maximum(count, 1e-9))
+            acc = acc / tl.sqrt(tl.maximum(count, _COUNT_EPS))
         elif ZERO_EMPTY_MAX:
             # -inf / inf would make the normalised row NaN (F.normalize does); defined as 0 here
             acc = tl.where(count > 0, acc, 0.0)
@@ -176,37 +227,49 @@ def masked_pool_fwd_kernel(
     if NORMALIZE:
         # F.normalize(p=2, eps=1e-12) on the fp32 row, before the single rounding at the store.
         # where(): columns past H hold -inf in max mode and must not enter the norm.
-        sq = tl.where(m_h, acc * acc, 0.0)
-        acc = acc / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), 1e-12)
+        b_a = tl.where(m_h, tl.abs(acc), 0.0)
+        amax = _nan_max(b_a, 0)
+        acc = acc * _inv_norm(amax, tl.sum(_scaled_sq(b_a, amax), axis=0))
     b_out = round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16)
     tl.store(out_ptr + i_b * stride_ob + o_h, b_out, mask=m_h)
 
 
 @triton.jit
 def l2_normalize_kernel(
-    x_ptr,  # [B, H] fp32 pooled rows, contiguous
-    out_ptr,  # [B, H] output in the input dtype, contiguous
+    x_ptr,  # [B, H] rows (fp32 pooled rows, or any float dtype from l2_normalize), any strides
+    out_ptr,  # [B, H] output in the input dtype, unit column stride
     H,
     stride_xb,
+    stride_xh,
     stride_ob,
     INTERPRETED_BF16: tl.constexpr,  # see round_to
     BLOCK_H: tl.constexpr,
 ):
-    # One program per row, two sweeps over H: the row is fp32 and L2-resident, just written.
+    # One program per row, three sweeps over H (max |x|, scaled sum of squares, store): the row is
+    # small and cache-resident after the first. Loads are widened to fp32: squares of fp16 overflow
+    # past |x| = 256 and underflow below ~2e-4.
     i_b = tl.program_id(0).to(tl.int64)
     o = tl.arange(0, BLOCK_H)
-    sq = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    p_row = x_ptr + i_b * stride_xb
+    amax_h = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
-        m = (h0 + o) < H
-        b_x = tl.load(x_ptr + i_b * stride_xb + h0 + o, mask=m, other=0.0)
-        sq += b_x * b_x
-    scale = 1.0 / tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), 1e-12)
+        o_h = h0 + o
+        b_x = tl.load(p_row + o_h.to(tl.int64) * stride_xh, mask=o_h < H, other=0.0)
+        b_a = tl.abs(b_x.to(tl.float32))
+        amax_h = tl.maximum(amax_h, b_a, propagate_nan=tl.PropagateNan.ALL)
+    amax = _nan_max(amax_h, 0)
+    ssq = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
-        m = (h0 + o) < H
-        b_x = tl.load(x_ptr + i_b * stride_xb + h0 + o, mask=m, other=0.0)
-        # x * (1 / n) rather than x / n: within an ulp of it, and one division per row
+        o_h = h0 + o
+        b_x = tl.load(p_row + o_h.to(tl.int64) * stride_xh, mask=o_h < H, other=0.0)
+        ssq += _scaled_sq(tl.abs(b_x.to(tl.float32)), amax)
+    scale = _inv_norm(amax, tl.sum(ssq, axis=0))
+    for h0 in range(0, H, BLOCK_H):
+        o_h = h0 + o
+        m = o_h < H
+        b_x = tl.load(p_row + o_h.to(tl.int64) * stride_xh, mask=m, other=0.0).to(tl.float32)
         b_out = round_to(b_x * scale, out_ptr.dtype.element_ty, INTERPRETED_BF16)
-        tl.store(out_ptr + i_b * stride_ob + h0 + o, b_out, mask=m)
+        tl.store(out_ptr + i_b * stride_ob + o_h, b_out, mask=m)
 
 
 NORMALIZE_BLOCK_H = 1024
@@ -245,49 +308,56 @@ def masked_pool_fwd(
     target = torch.empty((b, h), dtype=torch.float32, device=x.device) if split_normalize else out
     has_mask = mask is not None
     m = _mask_view(mask) if has_mask else x  # any valid pointer; never read without HAS_MASK
-    grid = (triton.cdiv(h, config.block_h), b)
-    masked_pool_fwd_kernel[grid](
-        x,
-        m,
-        target,
-        s,
-        h,
-        x.stride(0),
-        x.stride(1),
-        x.stride(2),
-        m.stride(0) if has_mask else 0,
-        m.stride(1) if has_mask else 0,
-        target.stride(0),
-        MODE=mode,
-        HAS_MASK=has_mask,
-        NORMALIZE=normalize and whole_row,
-        ZERO_EMPTY_MAX=normalize,
-        INTERPRETED_BF16=_interpreted_bf16(target.dtype),
-        BLOCK_S=config.block_s,
-        BLOCK_H=config.block_h,
-        num_warps=config.num_warps,
-    )
-    if split_normalize:
-        l2_normalize_kernel[(b,)](
-            target, out, h, target.stride(0), out.stride(0),
-            INTERPRETED_BF16=_interpreted_bf16(out.dtype), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4,
-        )  # fmt: skip
+    # (row, H block) folded into axis 0: CUDA caps axes 1 and 2 at 65535, and B can pass that
+    grid = (b * triton.cdiv(h, config.block_h),)
+    with device_of(x):
+        masked_pool_fwd_kernel[grid](
+            x,
+            m,
+            target,
+            s,
+            h,
+            x.stride(0),
+            x.stride(1),
+            x.stride(2),
+            m.stride(0) if has_mask else 0,
+            m.stride(1) if has_mask else 0,
+            target.stride(0),
+            MODE=mode,
+            HAS_MASK=has_mask,
+            NORMALIZE=normalize and whole_row,
+            ZERO_EMPTY_MAX=normalize,
+            INTERPRETED_BF16=_interpreted_bf16(target.dtype),
+            BLOCK_S=config.block_s,
+            BLOCK_H=config.block_h,
+            num_warps=config.num_warps,
+        )
+        if split_normalize:
+            _launch_l2_normalize(target, out)
     return out
 
 
+def _launch_l2_normalize(x: torch.Tensor, out: torch.Tensor) -> None:
+    # one program per row: B on axis 0, whose limit (2^31 - 1) no batch reaches
+    l2_normalize_kernel[(x.shape[0],)](
+        x, out, x.shape[1], x.stride(0), x.stride(1), out.stride(0),
+        INTERPRETED_BF16=_interpreted_bf16(out.dtype), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4,
+    )  # fmt: skip
+
+
 def l2_normalize_fwd(x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """F.normalize(x, dim=-1) for a [B, H] tensor, computed in fp32, output in x's dtype."""
+    """F.normalize(x, dim=-1) for a [B, H] tensor (any strides), in fp32, output in x's dtype.
+
+    out, when given, is [B, H] in x's dtype with a unit column stride.
+    """
     b, h = x.shape
     if out is None:
         out = torch.empty((b, h), dtype=x.dtype, device=x.device)
     if b == 0 or h == 0:
         return out
-    # The kernel reads rows contiguously; a [B, H] copy is S times smaller than a pooling pass.
-    src = x if x.stride(1) == 1 else x.contiguous()
-    l2_normalize_kernel[(b,)](
-        src, out, h, src.stride(0), out.stride(0),
-        INTERPRETED_BF16=_interpreted_bf16(out.dtype), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4,
-    )  # fmt: skip
+    # x is read through both strides: a transposed or column-sliced x costs no copy
+    with device_of(x):
+        _launch_l2_normalize(x, out)
     return out
 
 
@@ -331,16 +401,20 @@ def inspection_cases() -> list:
                     dtype=dtype,
                 )
             )
-        cases.append(
-            KernelCase(
-                name=f"l2_normalize {t}",
-                kernel=l2_normalize_kernel,
-                signature={"x_ptr": "*fp32", "out_ptr": f"*{t}", "H": "i32",
-                           "stride_xb": "i32", "stride_ob": "i32"},  # fmt: skip
-                constexprs={"INTERPRETED_BF16": False, "BLOCK_H": NORMALIZE_BLOCK_H},
-                num_warps=4,
-                num_stages=3,
-                dtype=dtype,
+        # x: the fp32 scratch after the H-split pooling, or l2_normalize's own input dtype
+        for x_t in dict.fromkeys(("fp32", t)):
+            cases.append(
+                KernelCase(
+                    name=f"l2_normalize {x_t} -> {t}",
+                    kernel=l2_normalize_kernel,
+                    signature={"x_ptr": f"*{x_t}", "out_ptr": f"*{t}", "H": "i32",
+                               "stride_xb": "i32", "stride_ob": "i32"},  # fmt: skip
+                    # a unit column stride is a constant to the compiler, as it is at launch
+                    constexprs={"stride_xh": 1, "INTERPRETED_BF16": False,
+                                "BLOCK_H": NORMALIZE_BLOCK_H},  # fmt: skip
+                    num_warps=4,
+                    num_stages=3,
+                    dtype=dtype,
+                )
             )
-        )
     return cases

@@ -13,7 +13,7 @@ from bertpool_fast.sentence_pooling import (  # noqa: E402
     patch_sentence_transformer,
     unpatch_sentence_transformer,
 )
-from conftest import assert_close_rel  # noqa: E402
+from conftest import KERNEL_DEVICE, assert_close_rel  # noqa: E402
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -26,7 +26,9 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def model():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return st.SentenceTransformer(str(gt.get_model_path()), device="cpu")
+    # on the kernel device: on a GPU the patched modules then run the compiled kernels, on a CPU
+    # the interpreted ones
+    return st.SentenceTransformer(str(gt.get_model_path()), device=KERNEL_DEVICE)
 
 
 def test_encode_matches_after_patch(model):

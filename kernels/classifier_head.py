@@ -40,7 +40,7 @@ import triton.language as tl
 
 from .pooler import fp32_dot_precision, pooled_tile
 from .precision import round_to
-from .runtime import interpreter_enabled
+from .runtime import device_of, interpreter_enabled
 from .tiles import pick_tile
 
 # The logits accumulator is [BLOCK_M, BLOCK_L] fp32 in registers next to the pooled chunk. Up to
@@ -182,7 +182,7 @@ def store_logits(
 
 @triton.jit
 def classifier_head_fwd_kernel(
-    x_ptr,  # [M, K] first-token rows, any strides
+    x_ptr,  # [M, K] first-token rows (or [M, S, K], position 0 read), any strides
     w1_ptr,  # [N, K] pooler / dense weight (nn.Linear layout), any strides
     b1_ptr,  # [N] (unused when HAS_BIAS1 is False)
     w2_ptr,  # [L, N] classifier weight (nn.Linear layout), any strides
@@ -232,7 +232,7 @@ def classifier_head_fwd_kernel(
 
 @triton.jit
 def classifier_head_split_kernel(
-    x_ptr,  # [M, K] first-token rows, any strides
+    x_ptr,  # [M, K] first-token rows (or [M, S, K], position 0 read), any strides
     w1_ptr,  # [N, K], any strides
     b1_ptr,  # [N] (unused when HAS_BIAS1 is False)
     w2_ptr,  # [L, N], any strides
@@ -307,7 +307,7 @@ def classifier_head_reduce_kernel(
 
 
 def classifier_head_fwd(
-    x_cls: torch.Tensor,
+    x: torch.Tensor,
     w1: torch.Tensor,
     b1: Optional[torch.Tensor],
     w2: torch.Tensor,
@@ -317,17 +317,21 @@ def classifier_head_fwd(
 ) -> torch.Tensor:
     """Launch the head; inputs are validated by ``bertpool_fast.fused_classifier_head``.
 
-    x_cls: [M, K] (any strides), w1: [N, K], b1: [N] or None, w2: [L, N] with L <= MAX_LABELS,
-    b2: [L] or None; all of one dtype and device. Returns [M, L] logits in that dtype. M <=
-    ``SPLIT_MAX_M`` runs split over N (two launches, fp32 scratch), larger M one fused launch.
+    x: the first-token rows, either ``hidden_states`` [M, S, K] itself (position 0 of each sequence
+    is read through ``stride(0)`` and ``stride(-1)``, as ``pooler_fwd`` reads it: no ``[:, 0]`` view
+    is built on the launch path) or an [M, K] tensor of rows; any strides. w1: [N, K], b1: [N] or
+    None, w2: [L, N] with L <= MAX_LABELS, b2: [L] or None; all of one dtype and device. Returns
+    [M, L] logits in that dtype. M <= ``SPLIT_MAX_M`` runs split over N (two launches, fp32
+    scratch), larger M one fused launch.
     """
-    m, k = x_cls.shape
+    m, k = x.shape[0], x.shape[-1]
     n = w1.shape[0]
     n_labels = w2.shape[0]
+    dtype = x.dtype
     if n_labels > MAX_LABELS:
         raise ValueError(f"classifier_head_fwd handles at most {MAX_LABELS} labels, got {n_labels}")
     if out is None:
-        out = torch.empty((m, n_labels), dtype=x_cls.dtype, device=x_cls.device)
+        out = torch.empty((m, n_labels), dtype=dtype, device=x.device)
     if out.shape != (m, n_labels) or (n_labels > 1 and out.stride(1) != 1):
         raise ValueError(f"out must be [{m}, {n_labels}] with unit column stride, got "
                          f"shape {tuple(out.shape)}, strides {out.stride()}")  # fmt: skip
@@ -335,47 +339,46 @@ def classifier_head_fwd(
         return out
     # k == 0 needs no special case: the K loop runs zero times (pooled = act(b1)). n == 0 takes
     # the fused path, whose N loop then runs zero times (logits = b2): the split grid would be empty.
-    config = pick_head_config(m, x_cls.dtype)
-    is_fp32 = x_cls.dtype == torch.float32
-    interpreted_bf16 = interpreter_enabled() and x_cls.dtype == torch.bfloat16
-    w1_args = (
-        x_cls.stride(0), x_cls.stride(1), w1.stride(0), w1.stride(1),
-        b1.stride(0) if b1 is not None else 0, w2.stride(0), w2.stride(1),
-    )  # fmt: skip
-    b1_arg = b1 if b1 is not None else w1  # any valid pointer; never read without HAS_BIAS1
-    b2_arg = b2 if b2 is not None else w2
-    meta = dict(
-        HAS_BIAS1=b1 is not None,
-        ACTIVATION=activation,
-        DOT_PRECISION=fp32_dot_precision() if is_fp32 else "ieee",
-        UPCAST_OPERANDS=interpreted_bf16,
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
-        BLOCK_L=block_l_for(n_labels),
-    )
-    if not config.split_n or n == 0:
-        classifier_head_fwd_kernel[(triton.cdiv(m, config.block_m),)](
-            x_cls, w1, b1_arg, w2, b2_arg, out, m, n, k, n_labels,
-            *w1_args, b2.stride(0) if b2 is not None else 0, out.stride(0), HAS_BIAS2=b2 is not None, **meta,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+    config = pick_head_config(m, dtype)
+    interpreted_bf16 = interpreter_enabled() and dtype == torch.bfloat16
+    dot_precision = fp32_dot_precision() if dtype == torch.float32 else "ieee"
+    block_l = block_l_for(n_labels)
+    has_b1, has_b2 = b1 is not None, b2 is not None
+    stride_b1 = b1.stride(0) if has_b1 else 0
+    stride_b2 = b2.stride(0) if has_b2 else 0
+    b1_arg = b1 if has_b1 else w1  # any valid pointer; never read without HAS_BIAS1
+    b2_arg = b2 if has_b2 else w2
+    with device_of(x):
+        if not config.split_n or n == 0:
+            classifier_head_fwd_kernel[(triton.cdiv(m, config.block_m),)](
+                x, w1, b1_arg, w2, b2_arg, out, m, n, k, n_labels,
+                x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
+                w2.stride(0), w2.stride(1), stride_b2, out.stride(0),
+                HAS_BIAS1=has_b1, HAS_BIAS2=has_b2, ACTIVATION=activation,
+                DOT_PRECISION=dot_precision, UPCAST_OPERANDS=interpreted_bf16,
+                BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                BLOCK_L=block_l, num_warps=config.num_warps, num_stages=config.num_stages,
+            )  # fmt: skip
+            return out
+        num_chunks = triton.cdiv(n, config.block_n)
+        # every element is written by the split grid, which covers all (chunk, row, label)
+        partial = torch.empty((num_chunks, m, n_labels), dtype=torch.float32, device=x.device)
+        classifier_head_split_kernel[(num_chunks, triton.cdiv(m, config.block_m))](
+            x, w1, b1_arg, w2, partial, m, n, k, n_labels,
+            x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
+            w2.stride(0), w2.stride(1),
+            HAS_BIAS1=has_b1, ACTIVATION=activation,
+            DOT_PRECISION=dot_precision, UPCAST_OPERANDS=interpreted_bf16,
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            BLOCK_L=block_l, num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
-        return out
-    num_chunks = triton.cdiv(n, config.block_n)
-    # every element is written by the split grid, which covers all (chunk, row, label)
-    partial = torch.empty((num_chunks, m, n_labels), dtype=torch.float32, device=x_cls.device)
-    classifier_head_split_kernel[(num_chunks, triton.cdiv(m, config.block_m))](
-        x_cls, w1, b1_arg, w2, partial, m, n, k, n_labels, *w1_args, **meta,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )  # fmt: skip
-    reduce_block_m = min(config.block_m, REDUCE_MAX_BLOCK_M)
-    classifier_head_reduce_kernel[(triton.cdiv(m, reduce_block_m),)](
-        partial, b2_arg, out, m, n_labels, num_chunks,
-        b2.stride(0) if b2 is not None else 0, out.stride(0),
-        HAS_BIAS2=b2 is not None, INTERPRETED_BF16=interpreted_bf16,
-        BLOCK_M=reduce_block_m, BLOCK_L=meta["BLOCK_L"],
-        num_warps=REDUCE_NUM_WARPS, num_stages=REDUCE_NUM_STAGES,
-    )  # fmt: skip
+        reduce_block_m = min(config.block_m, REDUCE_MAX_BLOCK_M)
+        classifier_head_reduce_kernel[(triton.cdiv(m, reduce_block_m),)](
+            partial, b2_arg, out, m, n_labels, num_chunks, stride_b2, out.stride(0),
+            HAS_BIAS2=has_b2, INTERPRETED_BF16=interpreted_bf16,
+            BLOCK_M=reduce_block_m, BLOCK_L=block_l,
+            num_warps=REDUCE_NUM_WARPS, num_stages=REDUCE_NUM_STAGES,
+        )  # fmt: skip
     return out
 
 

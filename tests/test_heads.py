@@ -51,15 +51,19 @@ def test_parity(b, s, k, n, labels, dtype):
 PATH_ROWS = [1, 17, SPLIT_MAX_M, SPLIT_MAX_M + 1]
 
 
+@pytest.mark.parametrize("rows", ["hidden_states", "first_rows"])
 @pytest.mark.parametrize("labels", [1, 2, 3, 17], ids=lambda n: f"L{n}")
 @pytest.mark.parametrize("m", PATH_ROWS, ids=lambda m: f"M{m}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_parity_both_paths(m, labels, dtype):
+def test_parity_both_paths(m, labels, dtype, rows):
+    # The launcher takes [B, S, H] itself (position 0 read through stride(0) / stride(-1)) or the
+    # [B, H] rows; S = 3 so that reading any position but 0 would show.
     assert pick_head_config(m, dtype).split_n == (m <= SPLIT_MAX_M)
-    h = randn(m, 2, 40, dtype=dtype)
+    h = randn(m, 3, 40, dtype=dtype)
     w1, b1, w2, b2 = params(40, 70, labels, dtype)
     out = poisoned((m, labels), dtype, KERNEL_DEVICE)
-    assert classifier_head_fwd(h[:, 0], w1, b1, w2, b2, "tanh", out=out) is out
+    x = h if rows == "hidden_states" else h[:, 0]
+    assert classifier_head_fwd(x, w1, b1, w2, b2, "tanh", out=out) is out
     assert_close_rel(out, reference64(h, w1, b1, w2, b2, "tanh", dtype), dtype)
 
 
@@ -165,11 +169,32 @@ TINY = dict(
     vocab_size=60, hidden_size=40, num_hidden_layers=1, num_attention_heads=2,
     intermediate_size=24, num_labels=3, max_position_embeddings=32,
 )  # fmt: skip
+MOBILE = dict(TINY, intra_bottleneck_size=16, embedding_size=16, true_hidden_size=16,
+              num_feedforward_networks=1)  # fmt: skip
 MODELS = {
     "bert-seqcls": lambda: T.BertForSequenceClassification(T.BertConfig(**TINY)),
     "bert-nsp": lambda: T.BertForNextSentencePrediction(T.BertConfig(**TINY)),
     "roberta-seqcls": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**TINY)),
+    "mobilebert-seqcls": lambda: T.MobileBertForSequenceClassification(
+        T.MobileBertConfig(**MOBILE)
+    ),
 }
+
+
+def make(name: str) -> torch.nn.Module:
+    # On the kernel's device: on a CUDA machine, CPU tensors would take the torch path ("auto").
+    return MODELS[name]().to(KERNEL_DEVICE).eval()
+
+
+def make_ids(b: int, s: int) -> torch.Tensor:
+    return torch.randint(5, 60, (b, s), device=KERNEL_DEVICE)
+
+
+def head_linear(model: torch.nn.Module) -> torch.nn.Linear:
+    """The Linear that produces the logits."""
+    if hasattr(model, "cls"):
+        return model.cls.seq_relationship
+    return getattr(model.classifier, "out_proj", model.classifier)
 
 
 @pytest.fixture
@@ -178,7 +203,7 @@ def kernel_calls(monkeypatch):
     real = heads.classifier_head_fwd
 
     def counting(*args):
-        calls.append(args[0].shape)
+        calls.append(tuple(args[0].shape))
         return real(*args)
 
     monkeypatch.setattr(heads, "classifier_head_fwd", counting)
@@ -187,17 +212,19 @@ def kernel_calls(monkeypatch):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_patched_model_logits(name, kernel_calls):
-    model = MODELS[name]().eval()
-    ids = torch.randint(5, 60, (3, 7))
-    mask = torch.ones(3, 7, dtype=torch.long)
+    model = make(name)
+    ids = make_ids(3, 7)
+    mask = torch.ones(3, 7, dtype=torch.long, device=KERNEL_DEVICE)
     mask[1, 4:] = 0
-    labels = torch.tensor([0, 1, 1])
+    labels = torch.tensor([0, 1, 1], device=KERNEL_DEVICE)
     with torch.no_grad():
         eager = model(input_ids=ids, attention_mask=mask, labels=labels)
         assert patch_heads(model) == 1
         assert patch_heads(model) == 0  # idempotent
         fused = model(input_ids=ids, attention_mask=mask, labels=labels)
-    assert len(kernel_calls) == 1, "the fused kernel did not run"
+    hidden = model.config.hidden_size
+    # one launch, handed hidden_states itself (not a [:, 0] copy or view)
+    assert kernel_calls == [(3, 7, hidden)], "the fused kernel did not run once on [B, S, H]"
     assert_close_rel(fused.logits, eager.logits, torch.float32)
     # the loss stays eager, computed from the fused logits
     assert_close_rel(fused.loss, eager.loss, torch.float32)
@@ -209,24 +236,25 @@ def test_patched_model_logits(name, kernel_calls):
 
 @pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls"])
 def test_training_mode_and_grad_run_eager(name, kernel_calls):
-    model = MODELS[name]()
-    patch_heads(model)
-    ids = torch.randint(5, 60, (2, 5))
+    model = MODELS[name]().to(KERNEL_DEVICE)
+    assert model.training and patch_heads(model) == 1  # patched in training mode
+    ids = make_ids(2, 5)
     model.train()
-    out = model(input_ids=ids, labels=torch.tensor([0, 2]))
+    out = model(input_ids=ids, labels=torch.tensor([0, 2], device=KERNEL_DEVICE))
     out.loss.backward()  # exact eager path: autograd through nn.Linear, dropout active
+    assert head_linear(model).weight.grad is not None
+    assert model.base_model.embeddings.word_embeddings.weight.grad is not None
     model.eval()
     with torch.enable_grad():
         model(input_ids=ids)  # eval with grad recorded: eager too
     assert kernel_calls == []
-    assert model.classifier.weight.grad is not None if hasattr(model.classifier, "weight") else True
 
 
 def test_works_with_pooler_patched_first(kernel_calls):
     import bertpool_fast
 
-    model = MODELS["bert-seqcls"]().eval()
-    ids = torch.randint(5, 60, (2, 6))
+    model = make("bert-seqcls")
+    ids = make_ids(2, 6)
     with torch.no_grad():
         eager = model(input_ids=ids).logits
         bertpool_fast.patch(model)
@@ -243,3 +271,290 @@ def test_patch_heads_rejects_non_module():
         patch_heads("bert")
     with pytest.raises(TypeError, match="model"):
         unpatch_heads(None)
+
+
+# --- hooks, instance forwards and replaced modules: the exact eager path ------------------------
+
+
+def _zero(module, args, output):
+    return output * 0
+
+
+# (module path under the model, hook kind): every module the deferred [B, S, H] tensor would pass
+# through or be seen from; "" is the backbone. "pre" / "forward" hooks record the shapes they see,
+# "zero" replaces the output with zeros.
+HOOK_SITES = {
+    "pooler-forward": ("pooler", "forward"),
+    "pooler-pre": ("pooler", "pre"),
+    "dense-forward-zero": ("pooler.dense", "zero"),
+    "dense-pre": ("pooler.dense", "pre"),
+    "activation-forward": ("pooler.activation", "forward"),
+    "dropout-forward": ("dropout", "forward"),
+    "classifier-pre": ("classifier", "pre"),
+    "classifier-forward": ("classifier", "forward"),
+    "backbone-forward": ("", "forward"),
+}
+
+
+def _site(model, path):
+    if path.startswith("pooler") or path == "":
+        path = ".".join(p for p in ("bert", path) if p)
+    return model.get_submodule(path)
+
+
+def _shapes(*values):
+    # the backbone's output object stands for its pooled rows, which the deferral would replace
+    values = [getattr(v, "pooler_output", v) for v in values]
+    return [tuple(v.shape) for v in values if isinstance(v, torch.Tensor)]
+
+
+def _register(module, kind, seen):
+    if kind == "pre":
+        return module.register_forward_pre_hook(lambda m, args: seen.append(_shapes(*args)))
+    if kind == "zero":
+        return module.register_forward_hook(_zero)
+    return module.register_forward_hook(lambda m, args, out: seen.append(_shapes(*args, out)))
+
+
+@pytest.mark.parametrize("site", list(HOOK_SITES))
+def test_hooks_registered_after_patch_run_eager(site, kernel_calls):
+    import copy
+
+    path, kind = HOOK_SITES[site]
+    model = make("bert-seqcls")
+    twin = copy.deepcopy(model)  # never patched: what eager gives with the same hook
+    patch_heads(model)
+    ids = make_ids(3, 7)
+    seen, seen_eager = [], []
+    handle = _register(_site(model, path), kind, seen)
+    _register(_site(twin, path), kind, seen_eager)
+    with torch.no_grad():
+        fused = model(input_ids=ids).logits
+        eager = twin(input_ids=ids).logits
+        assert kernel_calls == [], "a hooked head was fused"
+        # the hook fired, and saw what it sees in eager ([B, H] pooled rows, not [B, S, H])
+        assert seen == seen_eager
+        assert_close_rel(fused, eager, torch.float32)
+        if kind == "zero":  # pooled rows zeroed: tanh(0) = 0, the logits are the classifier bias
+            torch.testing.assert_close(fused, model.classifier.bias.expand(3, -1))
+        handle.remove()
+        model(input_ids=ids)
+    assert len(kernel_calls) == 1, "fusion did not resume once the hook was removed"
+
+
+def test_global_hook_runs_eager(kernel_calls):
+    model = make("bert-seqcls")
+    patch_heads(model)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: seen.append(type(m).__name__)
+    )
+    try:
+        with torch.no_grad():
+            model(input_ids=make_ids(2, 5))
+    finally:
+        handle.remove()
+    assert kernel_calls == [] and "BertPooler" in seen and "Linear" in seen
+
+
+def test_nsp_head_hook_runs_eager(kernel_calls):
+    model = make("bert-nsp")
+    patch_heads(model)
+    seen = []
+    model.cls.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        model(input_ids=make_ids(2, 5))
+    assert kernel_calls == [] and seen == [(2, 40)]
+
+
+def test_fast_pooler_dense_hook_runs_eager(kernel_calls):
+    import bertpool_fast
+    from bertpool_fast import FastBertPooler
+
+    model = make("bert-seqcls")
+    bertpool_fast.patch(model)
+    assert type(model.bert.pooler) is FastBertPooler
+    patch_heads(model)
+    model.bert.pooler.dense.register_forward_hook(_zero)
+    with torch.no_grad():
+        logits = model(input_ids=make_ids(2, 5)).logits
+    assert kernel_calls == []
+    torch.testing.assert_close(logits, model.classifier.bias.expand(2, -1))
+
+
+def test_instance_forward_set_after_patch_runs(kernel_calls):
+    # a pooler forward set by the user over ours is what runs, eagerly
+    model = make("bert-seqcls")
+    patch_heads(model)
+    pooler = model.bert.pooler
+    pooler.forward = lambda h: torch.tanh(pooler.dense(h.mean(1)))  # mean pooling instead
+    ids = make_ids(2, 5)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        h = model.bert(input_ids=ids).last_hidden_state
+        expected = model.classifier(torch.tanh(pooler.dense(h.mean(1))))
+    assert kernel_calls == []
+    torch.testing.assert_close(logits, expected)
+
+
+class _DoublingDropout(torch.nn.Dropout):
+    def forward(self, x):
+        return x * 2
+
+
+class _ShiftedLinear(torch.nn.Linear):
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+@pytest.mark.parametrize("replace", ["dropout", "classifier", "dense"])
+def test_replaced_by_subclass_runs_eager(replace, kernel_calls):
+    model = make("bert-seqcls")
+    patch_heads(model)
+    if replace == "dropout":
+        model.dropout = _DoublingDropout()
+    elif replace == "classifier":
+        old = model.classifier
+        model.classifier = _ShiftedLinear(40, 3).to(KERNEL_DEVICE)
+        model.classifier.load_state_dict(old.state_dict())
+    else:
+        old = model.bert.pooler.dense
+        model.bert.pooler.dense = _ShiftedLinear(40, 40).to(KERNEL_DEVICE)
+        model.bert.pooler.dense.load_state_dict(old.state_dict())
+    ids = make_ids(2, 5)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        unpatch_heads(model)
+        eager = model(input_ids=ids).logits
+    assert kernel_calls == []
+    torch.testing.assert_close(logits, eager)
+
+
+@pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls"])
+def test_dropout_left_training_runs_eager(name, kernel_calls):
+    # model.eval() then one dropout back in training: it draws a mask, which the kernel skips
+    model = make(name)
+    patch_heads(model)
+    dropout = model.dropout if name == "bert-seqcls" else model.classifier.dropout
+    dropout.train()
+    dropout.p = 1.0  # zeroes what passes: the fused result would differ visibly
+    with torch.no_grad():
+        logits = model(input_ids=make_ids(2, 5)).logits
+    assert kernel_calls == []
+    torch.testing.assert_close(logits, head_linear(model).bias.expand(2, -1))
+
+
+# --- instance forwards that were there before patch_heads ---------------------------------------
+
+
+@pytest.mark.parametrize("where", ["model", "pooler", "classifier"])
+def test_existing_instance_forward_is_left_alone(where, kernel_calls):
+    model = make("bert-seqcls")
+    target = {"model": model, "pooler": model.bert.pooler, "classifier": model.classifier}[where]
+    bound = target.forward
+    calls = []
+
+    def wrapper(*args, **kwargs):  # what model.forward = torch.compile(model.forward) leaves
+        calls.append(1)
+        return bound(*args, **kwargs)
+
+    target.forward = wrapper
+    assert patch_heads(model) == 0
+    assert target.__dict__["forward"] is wrapper
+    with torch.no_grad():
+        model(input_ids=make_ids(2, 5))
+    assert calls and kernel_calls == []
+    assert unpatch_heads(model) == 0
+    assert target.__dict__["forward"] is wrapper
+
+
+def test_roberta_head_with_instance_forward_is_left_alone():
+    model = make("roberta-seqcls")
+    wrapper = model.classifier.forward
+    model.classifier.forward = wrapper
+    assert patch_heads(model) == 0 and model.classifier.__dict__["forward"] is wrapper
+
+
+def test_forward_set_over_ours_survives_unpatch(kernel_calls):
+    model = make("bert-seqcls")
+    patch_heads(model)
+    ours = model.forward
+    model.forward = lambda *a, **k: ours(*a, **k)  # e.g. torch.compile(model.forward)
+    wrapper = model.forward
+    ids = make_ids(2, 5)
+    with torch.no_grad():
+        model(input_ids=ids)
+        assert len(kernel_calls) == 1
+        assert unpatch_heads(model) == 1
+        assert model.__dict__["forward"] is wrapper  # the user's, kept
+        model(input_ids=ids)  # ours inside it now runs the class forward
+    assert len(kernel_calls) == 1
+    assert (
+        "forward" not in model.bert.pooler.__dict__ and "forward" not in model.classifier.__dict__
+    )
+
+
+# --- autocast -----------------------------------------------------------------------------------
+
+
+def test_functional_autocast_matches_eager(kernel_calls):
+    h = randn(3, 5, 40)
+    w1, b1, w2, b2 = params(40, 24, 3, torch.float32)
+    with torch.autocast(KERNEL_DEVICE, dtype=torch.bfloat16):
+        out = fused_classifier_head(h, w1, b1, w2, b2)
+        eager = torch.nn.functional.linear(
+            torch.tanh(torch.nn.functional.linear(h[:, 0], w1, b1)), w2, b2
+        )
+    assert out.dtype == eager.dtype == torch.bfloat16
+    # only the first-token rows were cast ([B, 1, H]), never the whole [B, S, H]
+    assert kernel_calls == [(3, 1, 40)]
+    bf = [None if t is None else t.to(torch.bfloat16) for t in (h, w1, b1, w2, b2)]
+    assert_close_rel(out, reference64(*bf, "tanh", torch.bfloat16), torch.bfloat16)
+    # eager rounds the dense output before tanh as well: two roundings apart at most
+    assert_close_rel(out, eager, torch.bfloat16, scale=2)
+
+
+@pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls"])
+def test_patched_model_under_autocast(name, kernel_calls):
+    model = make(name)
+    ids = make_ids(3, 7)
+    with torch.no_grad(), torch.autocast(KERNEL_DEVICE, dtype=torch.bfloat16):
+        eager = model(input_ids=ids).logits
+        patch_heads(model)
+        fused = model(input_ids=ids).logits
+    assert kernel_calls == [(3, 1, 40)]
+    assert fused.dtype == eager.dtype == torch.bfloat16
+    assert_close_rel(fused, eager, torch.bfloat16, scale=2)
+
+
+# --- the launch runs on the tensors' device ------------------------------------------------------
+
+
+def test_launch_inside_device_guard(monkeypatch):
+    import contextlib
+
+    import bertpool_fast.kernels.classifier_head as ch
+
+    guarded = []
+
+    @contextlib.contextmanager
+    def recording(t):
+        guarded.append(t)
+        yield
+
+    monkeypatch.setattr(ch, "device_of", recording)
+    h = randn(2, 3, 16)
+    w1, b1, w2, b2 = params(16, 16, 2, torch.float32)
+    classifier_head_fwd(h, w1, b1, w2, b2, "tanh")
+    assert guarded and guarded[0] is h
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_second_gpu_while_first_is_current():
+    with torch.cuda.device(0):
+        h = randn(17, 3, 64, device="cuda:1")
+        w1, b1, w2, b2 = (t.to("cuda:1") for t in params(64, 48, 5, torch.float32))
+        out = fused_classifier_head(h, w1, b1, w2, b2, backend="triton")
+    assert out.device == h.device
+    assert_close_rel(out, reference64(h, w1, b1, w2, b2, "tanh", torch.float32), torch.float32)

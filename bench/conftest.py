@@ -30,7 +30,9 @@ def benchmark_enabled(config) -> bool:
     session = getattr(config, "_benchmarksession", None)
     if session is not None:
         return not (session.disabled or session.skip)
-    return config.getoption("benchmark_enable", False) or not config.getoption("benchmark_disable", False)
+    return config.getoption("benchmark_enable", False) or not config.getoption(
+        "benchmark_disable", False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +68,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         machine_info["bertpool_fast_calibration"] = cal
 
 
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     records = config.stash.get(RESULTS_KEY, [])
     if not records and harness.HAS_CUDA:
@@ -76,8 +77,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("bertpool_fast benchmark")
     if not benchmark_enabled(config):
-        tr.write_line("benchmark disabled: every case ran once, untimed, after checking its output "
-                      "against eager (use --benchmark-enable to time)")
+        tr.write_line(
+            "benchmark disabled: every case ran once, untimed, after checking its output "
+            "against eager (use --benchmark-enable to time)"
+        )
     if not harness.HAS_CUDA:
         tr.write_line(report.CPU_NOTICE)
     if records:

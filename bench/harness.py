@@ -24,8 +24,9 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -232,7 +233,9 @@ def _driver_version() -> str:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)  # fmt: skip
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else "unknown"
+        return (
+            out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else "unknown"
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown (no nvidia-smi)"
 
@@ -279,7 +282,7 @@ class Budget:
         self.start = time.monotonic()
 
     @classmethod
-    def from_env(cls, var: str = "BENCH_BUDGET_S") -> "Budget":
+    def from_env(cls, var: str = "BENCH_BUDGET_S") -> Budget:
         value = os.environ.get(var)
         return cls(float(value) if value else None)
 

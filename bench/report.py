@@ -89,8 +89,16 @@ def summary_table(records: list[dict]) -> str:
              f"{'t/floor':>8}"]  # fmt: skip
     for r in sorted(records, key=lambda r: (str(r.get("bench")), str(case_of(r)),
                                             _rank(r["contestant"]))):  # fmt: skip
-        eager = _time(next((idx[k] for k in ((r.get("bench", "?"), case_of(r), b)
-                                                  for b in BASELINES) if k in idx), None))
+        eager = _time(
+            next(
+                (
+                    idx[k]
+                    for k in ((r.get("bench", "?"), case_of(r), b) for b in BASELINES)
+                    if k in idx
+                ),
+                None,
+            )
+        )
         speedup = eager / _time(r) if eager else None
         case = " ".join([r.get("bench", "?")] + [f"{k}={v}" for k, v in case_of(r)])
         lines.append(f"{case:40} {r['contestant']:22} {_fmt(r.get('gpu_us'), '9.2f')} "
@@ -110,7 +118,12 @@ def markdown(records: list[dict], env: dict, cal: Optional[dict]) -> str:
     idx = _index(records)
     contestants = _contestants(records)
     gpu = any("gpu_us" in r for r in records)
-    out = [f"# bertpool_fast pooler benchmark: {env.get('device', '?')}", "", f"Stamp: {stamp(env)}.", ""]
+    out = [
+        f"# bertpool_fast pooler benchmark: {env.get('device', '?')}",
+        "",
+        f"Stamp: {stamp(env)}.",
+        "",
+    ]
     if not gpu:
         out += [f"**{CPU_NOTICE}**", ""]
     if cal:
@@ -137,7 +150,11 @@ def markdown(records: list[dict], env: dict, cal: Optional[dict]) -> str:
             r = idx.get((dtype, hidden, batch, c))
             if r is None:
                 continue
-            x_gpu = eager["gpu_us"] / r["gpu_us"] if eager and "gpu_us" in r and "gpu_us" in eager else None
+            x_gpu = (
+                eager["gpu_us"] / r["gpu_us"]
+                if eager and "gpu_us" in r and "gpu_us" in eager
+                else None
+            )
             x_wall = eager["wall_us"] / r["wall_us"] if eager else None
             out.append(
                 f"| {dtype} | {hidden} | {batch} | {c} | {_fmt(r.get('gpu_us'), '.2f')} | "
@@ -169,8 +186,10 @@ def targets(records: list[dict]) -> list[str]:
              "fraction of GEMM rate (>= 0.6 at B >= 4096) | triton/eager wall (<= 1.0) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for dtype in TARGET_DTYPES:
-        for batch in sorted({r["batch"] for r in records if r["dtype"] == dtype and r["hidden"] == TARGET_H}):
-            get = lambda c: idx.get((dtype, TARGET_H, batch, c))  # noqa: E731
+        for batch in sorted(
+            {r["batch"] for r in records if r["dtype"] == dtype and r["hidden"] == TARGET_H}
+        ):
+            get = lambda c: idx.get((dtype, TARGET_H, batch, c))  # noqa: E731, B023 (used at once)
             t, e, ma = get("triton"), get("eager"), get("compile_max_autotune")
             if t is None or "gpu_us" not in t:
                 lines.append(f"| {dtype} | {batch} | not run | | | |")
@@ -184,7 +203,9 @@ def targets(records: list[dict]) -> list[str]:
                 cells.append(f"{ratio:.2f} ({_verdict(ratio <= limit, ratio, limit)})")
             frac = t["fraction_of_gemm_rate"]
             if batch >= GEMM_FRACTION_MIN_B:
-                cells.append(f"{frac:.2f} ({_verdict(frac >= GEMM_FRACTION, frac, GEMM_FRACTION, True)})")
+                cells.append(
+                    f"{frac:.2f} ({_verdict(frac >= GEMM_FRACTION, frac, GEMM_FRACTION, True)})"
+                )
             else:
                 cells.append(f"{frac:.2f} (no target)")
             if e is None:
@@ -199,9 +220,15 @@ def targets(records: list[dict]) -> list[str]:
 def invariance_cost(records: list[dict]) -> list[str]:
     idx = _index(records)
     costs = []
-    lines = ["| dtype | H | B | default GPU us | batch_invariant GPU us | cost |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| dtype | H | B | default GPU us | batch_invariant GPU us | cost |",
+        "|---|---|---|---|---|---|",
+    ]
     for dtype, hidden, batch in _cases(records):
-        t, bi = idx.get((dtype, hidden, batch, "triton")), idx.get((dtype, hidden, batch, "triton_bi"))
+        t, bi = (
+            idx.get((dtype, hidden, batch, "triton")),
+            idx.get((dtype, hidden, batch, "triton_bi")),
+        )
         if t is None or bi is None or "gpu_us" not in t or "gpu_us" not in bi:
             continue
         cost = bi["gpu_us"] / t["gpu_us"] - 1
@@ -335,10 +362,14 @@ BASELINES = ("eager", "eager_st")
 
 def other_benches_markdown(records: list[dict]) -> list[str]:
     out = []
-    for bench in sorted({r["bench"] for r in records if r.get("bench") not in (None,) + OWN_SECTIONS}):
+    for bench in sorted(
+        {r["bench"] for r in records if r.get("bench") not in (None,) + OWN_SECTIONS}
+    ):
         recs = _records_of(records, bench)
-        keys = [k for k in ("dtype", "hidden", "seq", "labels", "batch") if any(k in r for r in recs)]
-        case = lambda r: tuple(r.get(k) for k in keys)  # noqa: E731
+        keys = [
+            k for k in ("dtype", "hidden", "seq", "labels", "batch") if any(k in r for r in recs)
+        ]
+        case = lambda r: tuple(r.get(k) for k in keys)  # noqa: E731, B023 (used at once)
         idx = {(case(r), r["contestant"]): r for r in recs}
         out += [f"## {bench}", "", "| " + " | ".join(keys) + " | contestant | GPU us | wall us | "
                 "x eager | floor us | time/floor |", "|---" * (len(keys) + 6) + "|"]  # fmt: skip
@@ -360,17 +391,25 @@ def write_report(json_path: str, out_dir: Optional[str] = None) -> list[str]:
     backward = _records_of(all_records, "backward")
     others = other_benches_markdown(all_records)
     if not records and not backward and not others:
-        raise ValueError(f"{json_path} holds no timed benchmark (was it run with --benchmark-disable?)")
+        raise ValueError(
+            f"{json_path} holds no timed benchmark (was it run with --benchmark-disable?)"
+        )
     written = plots(records, env, out_dir) if records else []
     header = f"# bertpool_fast benchmark: {env.get('device', '?')}\n\nStamp: {stamp(env)}.\n\n"
     text = markdown(records, env, cal) if records else header
     text += "\n".join(backward_markdown(backward))
     text += "\n".join(others)
     if records and not written:
-        text += "\nPlots not written: matplotlib is not installed (`pip install matplotlib`, then " \
-                f"`python -m bench.report {json_path}`).\n"
+        text += (
+            "\nPlots not written: matplotlib is not installed (`pip install matplotlib`, then "
+            f"`python -m bench.report {json_path}`).\n"
+        )
     elif written:
-        text += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in written) + "\n"
+        text += (
+            "\n"
+            + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in written)
+            + "\n"
+        )
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write(text)
@@ -378,7 +417,9 @@ def write_report(json_path: str, out_dir: Optional[str] = None) -> list[str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("json", help="pytest-benchmark JSON (--benchmark-json)")
     parser.add_argument("--out", help="folder for report.md and plots (default: beside the JSON)")
     args = parser.parse_args(argv)

@@ -148,8 +148,10 @@ def test_pooler(benchmark, request, budget, calibration, bench_results, dtype_na
         assert err <= AGREEMENT[dtype_name], f"{contestant} disagrees with eager: rel err {err:.2e}"
 
         if not harness.HAS_CUDA and contestant in KERNEL_CONTESTANTS:
-            pytest.skip("kernel figures need a GPU: here the Triton kernel runs through Triton's "
-                        "CPU interpreter, so its output was checked but its time means nothing")
+            pytest.skip(
+                "kernel figures need a GPU: here the Triton kernel runs through Triton's "
+                "CPU interpreter, so its output was checked but its time means nothing"
+            )
         iters = 200 if harness.HAS_CUDA else 20
         wall_us = harness.benchmark_wall_us(benchmark, call, n, iters, enabled)
         if wall_us is None:
@@ -168,7 +170,9 @@ def test_pooler(benchmark, request, budget, calibration, bench_results, dtype_na
         record["floor_us"] = floor_us
         timed_us = record.get("gpu_us", wall_us)
         record["time_over_floor"] = timed_us / floor_us
-        record["fraction_of_gemm_rate"] = flops / (timed_us * 1e-6) / calibration.gemm_rate[dtype_name]
+        record["fraction_of_gemm_rate"] = (
+            flops / (timed_us * 1e-6) / calibration.gemm_rate[dtype_name]
+        )
     benchmark.extra_info.update(record)
     benchmark.group = f"{dtype_name} H={hidden} B={batch}"
     bench_results.append(record)

@@ -23,7 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="eager vs fused pooler_output on one sentence (default)")
     demo.add_argument("--random", action="store_true", help="ignore an installed checkpoint")
-    sub.add_parser("inspect", help="compile every kernel config for a GPU target, no GPU needed", add_help=False)
+    sub.add_parser(
+        "inspect",
+        help="compile every kernel config for a GPU target, no GPU needed",
+        add_help=False,
+    )
     args, rest = parser.parse_known_args(argv)
     command = args.command or "demo"
     if command == "demo":

@@ -123,7 +123,7 @@ def hf_activation_name(act: object) -> Optional[str]:
     return _config_activation_kind(act)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _config_activation_kind(act: str) -> Optional[str]:
     hf = _hf_activations()
     if hf is None or act not in hf.ACT2FN:

@@ -70,8 +70,10 @@ def run_demo(use_checkpoint: bool = True) -> int:
         eager_out = model(**inputs)
         fused_out = fast(**inputs)
     eager, fused = eager_out.pooler_output, fused_out.pooler_output
-    runs_on = "GPU" if device == "cuda" else (
-        "CPU, through Triton's interpreter" if interpreter_enabled() else "CPU, torch path"
+    runs_on = (
+        "GPU"
+        if device == "cuda"
+        else ("CPU, through Triton's interpreter" if interpreter_enabled() else "CPU, torch path")
     )
     print(f"model:    {what}, {str(dtype).replace('torch.', '')} on {device}")
     print(f"sentence: {SENTENCE!r} ({inputs['input_ids'].shape[1]} tokens)")
@@ -87,8 +89,10 @@ def run_demo(use_checkpoint: bool = True) -> int:
         with torch.no_grad():
             t_eager = _gpu_time_ms(lambda: pooler_eager(hidden))
             t_fused = _gpu_time_ms(lambda: pooler_fused(hidden))
-        print(f"pooler time on {torch.cuda.get_device_name()}: eager {t_eager * 1e3:.1f} us, "
-              f"fused {t_fused * 1e3:.1f} us per call (CUDA events, 200 calls)")
+        print(
+            f"pooler time on {torch.cuda.get_device_name()}: eager {t_eager * 1e3:.1f} us, "
+            f"fused {t_fused * 1e3:.1f} us per call (CUDA events, 200 calls)"
+        )
     else:
         print("timings: none on CPU - interpreted kernel times say nothing about GPU speed")
     return 0

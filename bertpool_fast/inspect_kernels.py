@@ -168,7 +168,9 @@ def _cubin_resources(cubin: bytes, capability: int) -> dict[str, int]:
 
 
 def _results_cache_dir() -> str:
-    root = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    root = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".triton", "cache"
+    )
     return os.path.join(root, "bertpool_fast_inspect")
 
 
@@ -254,12 +256,31 @@ def inspect_all(cases: list, archs: list[str], jobs: int = 1) -> list[InspectRes
 
 
 def format_table(results: list[InspectResult]) -> str:
-    head = ("config", "arch", "regs", "spill st/ld B", "smem KiB", "warps", "stages", "tensor cores")
+    head = (
+        "config",
+        "arch",
+        "regs",
+        "spill st/ld B",
+        "smem KiB",
+        "warps",
+        "stages",
+        "tensor cores",
+    )
     rows = []
     for r in results:
         if r.error:
-            rows.append((r.name, r.arch, "-", "-", "-", str(r.num_warps), str(r.num_stages),
-                         "COMPILE FAILED"))
+            rows.append(
+                (
+                    r.name,
+                    r.arch,
+                    "-",
+                    "-",
+                    "-",
+                    str(r.num_warps),
+                    str(r.num_stages),
+                    "COMPILE FAILED",
+                )
+            )
             continue
         cores = r.tensor_cores or "none"
         if r.expects_tensor_cores and not r.tensor_cores:
@@ -296,25 +317,44 @@ def main(argv: Optional[list[str]] = None) -> int:
         description="Compile every shipped kernel configuration for a GPU target (no GPU needed) "
         "and print registers, spills, shared memory, warps/stages and tensor-core use.",
     )
-    parser.add_argument("--arch", action="append", choices=sorted(ARCHS),
-                        help="target; repeat for several (default: sm_80 and sm_90)")
-    parser.add_argument("--dtype", action="append", choices=DTYPE_NAMES,
-                        help="only configurations of this dtype; repeatable (default: all)")
-    parser.add_argument("--kernel", metavar="TEXT",
-                        help="only configurations whose name contains TEXT")
-    parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
-                        help="compile in this many processes (default: CPUs, at most 8)")
+    parser.add_argument(
+        "--arch",
+        action="append",
+        choices=sorted(ARCHS),
+        help="target; repeat for several (default: sm_80 and sm_90)",
+    )
+    parser.add_argument(
+        "--dtype",
+        action="append",
+        choices=DTYPE_NAMES,
+        help="only configurations of this dtype; repeatable (default: all)",
+    )
+    parser.add_argument(
+        "--kernel", metavar="TEXT", help="only configurations whose name contains TEXT"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="compile in this many processes (default: CPUs, at most 8)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a configuration spills or misses the tensor cores")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a configuration spills or misses the tensor cores",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the launcher's default; silences 3.9
 
     from .kernels import interpreter_enabled
 
     if interpreter_enabled():
-        print("error: inspection compiles for a GPU target and cannot run under "
-              "TRITON_INTERPRET=1 (Triton's CPU interpreter); unset it and rerun", file=sys.stderr)
+        print(
+            "error: inspection compiles for a GPU target and cannot run under "
+            "TRITON_INTERPRET=1 (Triton's CPU interpreter); unset it and rerun",
+            file=sys.stderr,
+        )
         return 2
     cases = select_cases(discover_cases(), args.dtype, args.kernel)
     if not cases:

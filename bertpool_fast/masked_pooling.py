@@ -68,7 +68,9 @@ def validate_masked_pool_args(
                 f"got shape {tuple(attention_mask.shape)}"
             )
         if attention_mask.dtype not in MASK_DTYPES:
-            raise TypeError(f"attention_mask must be a bool, integer or float tensor, got {attention_mask.dtype}")
+            raise TypeError(
+                f"attention_mask must be a bool, integer or float tensor, got {attention_mask.dtype}"
+            )
         if attention_mask.device != hidden_states.device:
             raise ValueError(
                 f"attention_mask is on {attention_mask.device}, hidden_states on {hidden_states.device}"
@@ -171,7 +173,9 @@ def l2_normalize(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
         raise ValueError("x must have at least one dimension (the one normalised)")
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    chosen = "torch" if x.dtype not in KERNEL_DTYPES else resolve_backend(backend, x.device, x.dtype)
+    chosen = (
+        "torch" if x.dtype not in KERNEL_DTYPES else resolve_backend(backend, x.device, x.dtype)
+    )
     if chosen == "torch" or (torch.is_grad_enabled() and x.requires_grad):
         return F.normalize(x, p=2, dim=-1, eps=NORM_EPS)
     h = x.shape[-1]

@@ -91,7 +91,7 @@ class FastBertPooler(nn.Module):
         return fast
 
     @classmethod
-    def from_pooler(cls, pooler: nn.Module) -> "FastBertPooler":
+    def from_pooler(cls, pooler: nn.Module) -> FastBertPooler:
         """Wrap an existing pooler, sharing its ``dense`` and ``activation`` (no parameter copy)."""
         dense = getattr(pooler, "dense", None)
         act = getattr(pooler, "activation", None)
@@ -135,7 +135,7 @@ class FastContextPooler(nn.Module):
         self.config = config
 
     @classmethod
-    def from_pooler(cls, pooler: nn.Module) -> "FastContextPooler":
+    def from_pooler(cls, pooler: nn.Module) -> FastContextPooler:
         fast = cls(pooler.dense, pooler.dropout, pooler.config)
         fast.train(pooler.training)
         return fast

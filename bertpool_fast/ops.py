@@ -95,7 +95,7 @@ def _named(hidden_states, weight, bias):
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """"triton" or "torch" for these inputs; raises where the kernel cannot run them."""
+    """ "triton" or "torch" for these inputs; raises where the kernel cannot run them."""
     kernel_can_run = device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
     if backend == "torch":
         return "torch"

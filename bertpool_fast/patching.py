@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dis
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import CodeType, FunctionType
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn

@@ -6,7 +6,8 @@ kernel is always compared against one definition of the op.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -82,7 +82,7 @@ def _fast_normalize_forward(self, features: dict) -> dict:
     return features
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fast_classes() -> tuple[type, type]:
     """(FastPooling, FastNormalize), built on first use as subclasses of the installed modules."""
     pooling, normalize = _st_classes()

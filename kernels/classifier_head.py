@@ -99,7 +99,7 @@ REDUCE_NUM_STAGES = 2
 REDUCE_MAX_BLOCK_M = 32
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pick_head_config(m: int, dtype: torch.dtype) -> HeadConfig:
     return pick_tile(HEAD_CONFIGS[dtype], m)
 

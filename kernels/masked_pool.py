@@ -392,9 +392,13 @@ def inspection_cases() -> list:
                     kernel=masked_pool_fwd_kernel,
                     signature=sig,
                     constexprs={
-                        "MODE": mode, "HAS_MASK": True, "NORMALIZE": normalize,
-                        "ZERO_EMPTY_MAX": normalize, "INTERPRETED_BF16": False,
-                        "BLOCK_S": cfg.block_s, "BLOCK_H": cfg.block_h,
+                        "MODE": mode,
+                        "HAS_MASK": True,
+                        "NORMALIZE": normalize,
+                        "ZERO_EMPTY_MAX": normalize,
+                        "INTERPRETED_BF16": False,
+                        "BLOCK_S": cfg.block_s,
+                        "BLOCK_H": cfg.block_h,
                     },  # fmt: skip
                     num_warps=cfg.num_warps,
                     num_stages=3,
@@ -407,11 +411,19 @@ def inspection_cases() -> list:
                 KernelCase(
                     name=f"l2_normalize {x_t} -> {t}",
                     kernel=l2_normalize_kernel,
-                    signature={"x_ptr": f"*{x_t}", "out_ptr": f"*{t}", "H": "i32",
-                               "stride_xb": "i32", "stride_ob": "i32"},  # fmt: skip
+                    signature={
+                        "x_ptr": f"*{x_t}",
+                        "out_ptr": f"*{t}",
+                        "H": "i32",
+                        "stride_xb": "i32",
+                        "stride_ob": "i32",
+                    },  # fmt: skip
                     # a unit column stride is a constant to the compiler, as it is at launch
-                    constexprs={"stride_xh": 1, "INTERPRETED_BF16": False,
-                                "BLOCK_H": NORMALIZE_BLOCK_H},  # fmt: skip
+                    constexprs={
+                        "stride_xh": 1,
+                        "INTERPRETED_BF16": False,
+                        "BLOCK_H": NORMALIZE_BLOCK_H,
+                    },  # fmt: skip
                     num_warps=4,
                     num_stages=3,
                     dtype=dtype,

@@ -21,7 +21,6 @@ from .precision import round_to
 from .runtime import device_of, interpreter_enabled
 from .tiles import TileConfig, pick_tile
 
-
 # Tile table, keyed by the largest M (batch) each row serves. No autotuning: the choice is a pure
 # function of (M, dtype), so it costs nothing on the launch path, never benchmarks at first call,
 # and two runs always pick the same tiles.
@@ -78,7 +77,7 @@ BATCH_INVARIANT_CONFIGS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pick_config(m: int, dtype: torch.dtype, batch_invariant: bool = False) -> TileConfig:
     table = BATCH_INVARIANT_CONFIGS if batch_invariant else POOLER_CONFIGS
     return pick_tile(table[dtype], m)
@@ -173,7 +172,11 @@ def pooler_fwd_kernel(
     )  # fmt: skip
     p_out = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
     # UPCAST_OPERANDS is set exactly when the interpreter handles bf16, whose store truncates
-    tl.store(p_out, round_to(acc, out_ptr.dtype.element_ty, UPCAST_OPERANDS), mask=m_m[:, None] & m_n[None, :])
+    tl.store(
+        p_out,
+        round_to(acc, out_ptr.dtype.element_ty, UPCAST_OPERANDS),
+        mask=m_m[:, None] & m_n[None, :],
+    )
 
 
 def fp32_dot_precision() -> str:
@@ -268,16 +271,27 @@ def inspection_cases() -> list:
                         name=f"pooler_fwd {t} {bucket}{table_name}",
                         kernel=pooler_fwd_kernel,
                         signature={
-                            "x_ptr": f"*{t}", "w_ptr": f"*{t}", "b_ptr": f"*{t}",
-                            "out_ptr": f"*{t}", "M": "i32", "N": "i32", "K": "i32",
-                            "stride_xm": "i64", "stride_wn": "i32", "stride_b": "i32",
+                            "x_ptr": f"*{t}",
+                            "w_ptr": f"*{t}",
+                            "b_ptr": f"*{t}",
+                            "out_ptr": f"*{t}",
+                            "M": "i32",
+                            "N": "i32",
+                            "K": "i32",
+                            "stride_xm": "i64",
+                            "stride_wn": "i32",
+                            "stride_b": "i32",
                             "stride_om": "i32",
                         },
                         constexprs={
-                            "stride_xk": 1, "stride_wk": 1,
-                            "HAS_BIAS": True, "ACTIVATION": "tanh",
-                            "DOT_PRECISION": "ieee", "UPCAST_OPERANDS": False,
-                            "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                            "stride_xk": 1,
+                            "stride_wk": 1,
+                            "HAS_BIAS": True,
+                            "ACTIVATION": "tanh",
+                            "DOT_PRECISION": "ieee",
+                            "UPCAST_OPERANDS": False,
+                            "BLOCK_M": cfg.block_m,
+                            "BLOCK_N": cfg.block_n,
                             "BLOCK_K": cfg.block_k,
                         },
                         num_warps=cfg.num_warps,
@@ -285,8 +299,15 @@ def inspection_cases() -> list:
                         dtype=dtype,
                         expects_tensor_cores=dtype != torch.float32,
                         divisible_by_16=(
-                            "x_ptr", "w_ptr", "b_ptr", "out_ptr", "N", "K",
-                            "stride_xm", "stride_wn", "stride_om",
+                            "x_ptr",
+                            "w_ptr",
+                            "b_ptr",
+                            "out_ptr",
+                            "N",
+                            "K",
+                            "stride_xm",
+                            "stride_wn",
+                            "stride_om",
                         ),
                         tags={
                             "table": "batch_invariant" if table_name else "default",

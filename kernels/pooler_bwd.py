@@ -78,12 +78,12 @@ DX_CONFIGS = {torch.float16: _DX_HALF, torch.bfloat16: _DX_HALF, torch.float32: 
 DW_CONFIGS = {torch.float16: _DW_HALF, torch.bfloat16: _DW_HALF, torch.float32: _DW_FP32}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pick_dx_config(m: int, dtype: torch.dtype) -> TileConfig:
     return pick_tile(DX_CONFIGS[dtype], m)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pick_dw_config(m: int, dtype: torch.dtype) -> TileConfig:
     return pick_tile(DW_CONFIGS[dtype], m)
 
@@ -382,15 +382,27 @@ def inspection_cases() -> list:
                     name=f"pooler_bwd_dx {t} {bucket(DX_CONFIGS[dtype], i)}",
                     kernel=pooler_bwd_dx_kernel,
                     signature={
-                        "dy_ptr": f"*{t}", "y_ptr": f"*{t}", "w_ptr": f"*{t}", "dx_ptr": f"*{t}",
-                        "M": "i32", "N": "i32", "K": "i32",
-                        "stride_dym": "i32", "stride_dyn": "i32", "stride_ym": "i32",
-                        "stride_yn": "i32", "stride_wn": "i32", "stride_wk": "i32",
-                        "stride_dxm": "i64", "stride_dxk": "i32",
+                        "dy_ptr": f"*{t}",
+                        "y_ptr": f"*{t}",
+                        "w_ptr": f"*{t}",
+                        "dx_ptr": f"*{t}",
+                        "M": "i32",
+                        "N": "i32",
+                        "K": "i32",
+                        "stride_dym": "i32",
+                        "stride_dyn": "i32",
+                        "stride_ym": "i32",
+                        "stride_yn": "i32",
+                        "stride_wn": "i32",
+                        "stride_wk": "i32",
+                        "stride_dxm": "i64",
+                        "stride_dxk": "i32",
                     },
                     constexprs={
                         **flags,
-                        "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                        "BLOCK_M": cfg.block_m,
+                        "BLOCK_N": cfg.block_n,
+                        "BLOCK_K": cfg.block_k,
                     },
                     num_warps=cfg.num_warps,
                     num_stages=cfg.num_stages,
@@ -404,16 +416,31 @@ def inspection_cases() -> list:
                     name=f"pooler_bwd_dw {t} {bucket(DW_CONFIGS[dtype], i)}",
                     kernel=pooler_bwd_dw_kernel,
                     signature={
-                        "dy_ptr": f"*{t}", "y_ptr": f"*{t}", "x_ptr": f"*{t}", "dw_ptr": f"*{t}",
+                        "dy_ptr": f"*{t}",
+                        "y_ptr": f"*{t}",
+                        "x_ptr": f"*{t}",
+                        "dw_ptr": f"*{t}",
                         "db_ptr": f"*{t}",
-                        "M": "i32", "N": "i32", "K": "i32",
-                        "stride_dym": "i32", "stride_dyn": "i32", "stride_ym": "i32",
-                        "stride_yn": "i32", "stride_xm": "i64", "stride_xk": "i32",
-                        "stride_dwn": "i32", "stride_dwk": "i32", "stride_db": "i32",
+                        "M": "i32",
+                        "N": "i32",
+                        "K": "i32",
+                        "stride_dym": "i32",
+                        "stride_dyn": "i32",
+                        "stride_ym": "i32",
+                        "stride_yn": "i32",
+                        "stride_xm": "i64",
+                        "stride_xk": "i32",
+                        "stride_dwn": "i32",
+                        "stride_dwk": "i32",
+                        "stride_db": "i32",
                     },
                     constexprs={
-                        **flags, "HAS_DW": True, "HAS_DB": True,
-                        "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+                        **flags,
+                        "HAS_DW": True,
+                        "HAS_DB": True,
+                        "BLOCK_M": cfg.block_m,
+                        "BLOCK_N": cfg.block_n,
+                        "BLOCK_K": cfg.block_k,
                     },
                     num_warps=cfg.num_warps,
                     num_stages=cfg.num_stages,

@@ -87,7 +87,9 @@ def test_gradcheck_noncontiguous_hidden_states():
     hidden = randn(4, 3, 6, dtype=torch.float64, device="cpu").transpose(0, 1)
     _, weight, bias = make_inputs(1, 1, 6, 5, torch.float64, device="cpu")
     h, w, b = leaves(hidden, weight, bias)
-    assert torch.autograd.gradcheck(lambda h, w, b: fused_pooler(h, w, b, backend="torch"), (h, w, b))
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: fused_pooler(h, w, b, backend="torch"), (h, w, b)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +119,9 @@ def test_triton_backward_matches_float64_and_eager(shape, activation, dtype):
     y, dh, dw, db = run_fused(hidden, weight, bias, dy, activation)
     expected = grads64(dy, hidden, weight, bias, y, activation)
     _, *eager = run_eager(hidden, weight, bias, dy, activation)
-    for name, got, ref, eag in zip(("hidden_states", "weight", "bias"), (dh, dw, db), expected, eager):
+    for name, got, ref, eag in zip(
+        ("hidden_states", "weight", "bias"), (dh, dw, db), expected, eager
+    ):
         assert got.dtype == dtype and got.shape == ref.shape, name
         err = rel_error(got, ref)
         assert err <= REL_TOL[dtype], f"d{name}: {err:.3e} > {REL_TOL[dtype]:.3e} vs float64"

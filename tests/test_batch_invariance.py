@@ -14,7 +14,6 @@ import torch
 
 from bertpool_fast import fused_pooler
 from bertpool_fast.kernels.pooler import BATCH_INVARIANT_CONFIGS, pick_config
-
 from conftest import KERNEL_DEVICE, randn
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]

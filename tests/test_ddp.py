@@ -52,8 +52,9 @@ def _worker(rank, port, state, batches, out_path):
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
     )
     try:
-        from bertpool_fast.kernels import interpreter_enabled
         from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from bertpool_fast.kernels import interpreter_enabled
 
         model = tiny_model()
         model.load_state_dict(state)
@@ -63,7 +64,9 @@ def _worker(rank, port, state, batches, out_path):
         grads = train(ddp, batches, slice(rank * per_rank, (rank + 1) * per_rank))
         if rank == 0:
             params = {n: p.detach().clone() for n, p in model.named_parameters()}
-            torch.save({"grads": grads, "params": params, "interp": interpreter_enabled()}, out_path)
+            torch.save(
+                {"grads": grads, "params": params, "interp": interpreter_enabled()}, out_path
+            )
     finally:
         dist.destroy_process_group()
 

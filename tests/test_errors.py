@@ -20,20 +20,54 @@ def good(dtype=torch.float32, device=KERNEL_DEVICE):
 @pytest.mark.parametrize(
     "mutate, exc, words",
     [
-        pytest.param(lambda h, w, b: (h[0], w, b), ValueError, "hidden_states must be 3-D", id="hidden-2d"),
-        pytest.param(lambda h, w, b: (h[None], w, b), ValueError, "hidden_states must be 3-D", id="hidden-4d"),
-        pytest.param(lambda h, w, b: (h, w[0], b), ValueError, "weight must be 2-D", id="weight-1d"),
-        pytest.param(lambda h, w, b: (h, w[:, :15], b), ValueError, "weight.shape[1] (15)", id="H-mismatch"),
+        pytest.param(
+            lambda h, w, b: (h[0], w, b), ValueError, "hidden_states must be 3-D", id="hidden-2d"
+        ),
+        pytest.param(
+            lambda h, w, b: (h[None], w, b), ValueError, "hidden_states must be 3-D", id="hidden-4d"
+        ),
+        pytest.param(
+            lambda h, w, b: (h, w[0], b), ValueError, "weight must be 2-D", id="weight-1d"
+        ),
+        pytest.param(
+            lambda h, w, b: (h, w[:, :15], b), ValueError, "weight.shape[1] (15)", id="H-mismatch"
+        ),
         pytest.param(lambda h, w, b: (h, w, b[:7]), ValueError, "bias must have", id="bias-length"),
         pytest.param(lambda h, w, b: (h, w, b[None]), ValueError, "bias must be 1-D", id="bias-2d"),
         pytest.param(lambda h, w, b: (h[:, :0], w, b), ValueError, "seq >= 1", id="empty-seq"),
-        pytest.param(lambda h, w, b: (h.long(), w, b), TypeError, "hidden_states must be float16", id="int-hidden"),
-        pytest.param(lambda h, w, b: (h, w.int(), b), TypeError, "weight must be float16", id="int-weight"),
-        pytest.param(lambda h, w, b: (h, w, b.to(torch.int8)), TypeError, "bias must be float16", id="int-bias"),
-        pytest.param(lambda h, w, b: (h, w.half(), b), TypeError, "share one dtype", id="mixed-dtypes"),
-        pytest.param(lambda h, w, b: (h, w, b.bfloat16()), TypeError, "share one dtype", id="mixed-bias"),
-        pytest.param(lambda h, w, b: (h.numpy(), w, b), TypeError, "hidden_states must be a torch.Tensor", id="numpy"),
-        pytest.param(lambda h, w, b: (h, [[1.0]], b), TypeError, "weight must be a torch.Tensor", id="list-weight"),
+        pytest.param(
+            lambda h, w, b: (h.long(), w, b),
+            TypeError,
+            "hidden_states must be float16",
+            id="int-hidden",
+        ),
+        pytest.param(
+            lambda h, w, b: (h, w.int(), b), TypeError, "weight must be float16", id="int-weight"
+        ),
+        pytest.param(
+            lambda h, w, b: (h, w, b.to(torch.int8)),
+            TypeError,
+            "bias must be float16",
+            id="int-bias",
+        ),
+        pytest.param(
+            lambda h, w, b: (h, w.half(), b), TypeError, "share one dtype", id="mixed-dtypes"
+        ),
+        pytest.param(
+            lambda h, w, b: (h, w, b.bfloat16()), TypeError, "share one dtype", id="mixed-bias"
+        ),
+        pytest.param(
+            lambda h, w, b: (h.numpy(), w, b),
+            TypeError,
+            "hidden_states must be a torch.Tensor",
+            id="numpy",
+        ),
+        pytest.param(
+            lambda h, w, b: (h, [[1.0]], b),
+            TypeError,
+            "weight must be a torch.Tensor",
+            id="list-weight",
+        ),
         pytest.param(lambda h, w, b: (h, w, b.to("meta")), ValueError, "one device", id="devices"),
     ],
 )

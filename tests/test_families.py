@@ -11,12 +11,12 @@ import importlib
 import pytest
 import torch
 import transformers
-from conftest import REL_TOL, rel_error
 from torch import nn
 
 from bertpool_fast import families, patch, unpatch
 from bertpool_fast.module import FastBertPooler, FastContextPooler
 from bertpool_fast.patching import form_of_class, is_bert_pooler_form, refusal
+from conftest import REL_TOL, rel_error
 
 CANDIDATES = families.find_pooler_classes()
 

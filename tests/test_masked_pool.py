@@ -63,7 +63,9 @@ def test_modes_parity(mode, dtype, padding):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", ["mean", "max", "weightedmean", "cls"])
-@pytest.mark.parametrize("shape", [(2, 5, 40), (300, 3, 24), (2, 9, 5000)], ids=["row", "row-bigB", "split"])
+@pytest.mark.parametrize(
+    "shape", [(2, 5, 40), (300, 3, 24), (2, 9, 5000)], ids=["row", "row-bigB", "split"]
+)
 def test_normalize_both_paths(mode, dtype, shape):
     b, s, h = shape
     # the three shapes take the in-kernel (whole-row) and the separate-kernel normalisation

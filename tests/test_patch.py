@@ -36,7 +36,11 @@ BERT_HEADS = [
     "BertForMultipleChoice",
 ]
 # Heads built with add_pooling_layer=False: nothing to patch, and patch() must say so.
-BERT_HEADS_WITHOUT_POOLER = ["BertForTokenClassification", "BertForQuestionAnswering", "BertForMaskedLM"]
+BERT_HEADS_WITHOUT_POOLER = [
+    "BertForTokenClassification",
+    "BertForQuestionAnswering",
+    "BertForMaskedLM",
+]
 FAMILIES = [
     ("RobertaModel", "RobertaConfig"),
     ("XLMRobertaModel", "XLMRobertaConfig"),

@@ -38,7 +38,9 @@ def test_encode_matches_after_patch(model):
     try:
         fast_pooling, fast_normalize = fast_classes()
         assert type(model[1]) is fast_pooling and type(model[2]) is fast_normalize
-        assert isinstance(model[1], st.models.Pooling)  # sentence-transformers' own checks still hold
+        assert isinstance(
+            model[1], st.models.Pooling
+        )  # sentence-transformers' own checks still hold
         assert patch_sentence_transformer(model) == 0
         after = model.encode(SENTENCES, convert_to_tensor=True)
         with_flag = model.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=True)

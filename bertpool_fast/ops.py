@@ -89,6 +89,17 @@ def validate_pooler_args(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain_tensors(hidden_states, weight, bias) -> bool:
+    return (
+        type(hidden_states) in _PLAIN_TENSOR_TYPES
+        and type(weight) in _PLAIN_TENSOR_TYPES
+        and (bias is None or type(bias) in _PLAIN_TENSOR_TYPES)
+    )
+
+
 def _named(hidden_states, weight, bias):
     pairs = [("hidden_states", hidden_states), ("weight", weight), ("bias", bias)]
     return [(k, v) for k, v in pairs if v is not None]
@@ -280,6 +291,17 @@ def fused_pooler(
     if not isinstance(batch_invariant, bool):
         raise TypeError(f"batch_invariant must be a bool, got {batch_invariant!r}")
     chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype)
+    compiling = torch.compiler.is_compiling()
+    if chosen == "triton" and not compiling and not _plain_tensors(hidden_states, weight, bias):
+        # A tensor subclass (a quantized weight, say) means what its own dispatch says, not what
+        # its storage holds: the kernel must not read it. Under torch.compile the tracer's fake
+        # tensors are subclasses too, hence the check only outside it.
+        if backend == "triton":
+            got = ", ".join(
+                f"{k}: {type(v).__name__}" for k, v in _named(hidden_states, weight, bias)
+            )
+            raise TypeError(f"backend='triton' reads plain tensors only, got {got}")
+        chosen = "torch"
     if batch_invariant and chosen != "triton":
         raise ValueError(
             "batch_invariant=True is a property of the Triton kernel's tiles; the torch path "
@@ -290,7 +312,7 @@ def fused_pooler(
         or weight.requires_grad
         or (bias is not None and bias.requires_grad)
     )
-    if needs_grad or torch.compiler.is_compiling():
+    if needs_grad or compiling:
         return pooler_op(hidden_states, weight, bias, activation, chosen, batch_invariant)
     return _forward(hidden_states, weight, bias, activation, chosen, batch_invariant)
 

@@ -135,3 +135,17 @@ def test_the_parity_check_itself_fails_on_nan_mismatch():
     assert rel_error(with_nan, clean) == float("inf")  # a NaN the kernel produced
     assert rel_error(clean, with_nan) == float("inf")  # a NaN the kernel swallowed
     assert rel_error(with_nan, with_nan) == 0.0
+
+
+class _TaggedTensor(torch.Tensor):
+    """A tensor subclass: its meaning is its dispatch's, so the kernel must not read its storage."""
+
+
+def test_tensor_subclass_takes_the_torch_path_or_is_refused():
+    h, w, b = good()
+    tagged = w.as_subclass(_TaggedTensor)
+    expected = torch.tanh(torch.nn.functional.linear(h[:, 0], w, b))
+    out = bertpool_fast.fused_pooler(h, tagged, b)  # auto: the torch path, via the subclass
+    assert torch.allclose(out.as_subclass(torch.Tensor), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="backend='triton' reads plain tensors only"):
+        bertpool_fast.fused_pooler(h, tagged, b, backend="triton")

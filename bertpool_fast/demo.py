@@ -38,7 +38,8 @@ def build_model_and_inputs(use_checkpoint: bool = True):
     # No tokenizer ships with a random model: map characters to ids deterministically instead.
     ids = [101] + [1000 + (ord(c) % 20000) for c in SENTENCE] + [102]
     inputs = {"input_ids": torch.tensor([ids])}
-    return model, inputs, "random bert-base-sized BertModel (no checkpoint installed)"
+    why = "checkpoint not used" if use_checkpoint is False else "no checkpoint installed"
+    return model, inputs, f"random bert-base-sized BertModel ({why})"
 
 
 def _gpu_time_ms(fn, reps: int = 200) -> float:

@@ -121,6 +121,12 @@ def wall_loop(call: Callable[[int], Any], n_inputs: int, iters: int) -> Callable
     return run
 
 
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64: each contestant is checked before timing."""
+    a, e = actual.detach().double(), expected.detach().double()
+    return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+
 def benchmark_wall_us(benchmark, call: Callable[[int], Any], n_inputs: int, iters: int,
                       enabled: bool) -> Optional[float]:  # fmt: skip
     """Per-call wall time in us, timed by pytest-benchmark over ``wall_loop`` (15 rounds, median).

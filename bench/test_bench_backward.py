@@ -130,18 +130,13 @@ def make_call(contestant: str, inputs: Inputs):
     return call
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def check_against_eager(got, expected, dtype_name: str) -> dict[str, float]:
     """Relative errors of y, dX (row 0; the other rows must be exactly zero), dW and db."""
     (y, dh, dw, db), (ey, edh, edw, edb) = got, expected
     assert dh.shape == edh.shape and dh.dtype == edh.dtype, f"dX {dh.shape} {dh.dtype}"
     assert torch.count_nonzero(dh[:, 1:]) == 0, "dX is not zero outside the first token"
-    errs = {"y": _rel_err(y, ey), "dh": _rel_err(dh[:, 0], edh[:, 0]), "dw": _rel_err(dw, edw),
-            "db": _rel_err(db, edb)}  # fmt: skip
+    errs = {"y": harness.rel_err(y, ey), "dh": harness.rel_err(dh[:, 0], edh[:, 0]), "dw": harness.rel_err(dw, edw),
+            "db": harness.rel_err(db, edb)}  # fmt: skip
     tol = AGREEMENT[dtype_name]
     bad = {k: f"{v:.2e}" for k, v in errs.items() if not v <= tol}
     assert not bad, f"disagrees with eager autograd (tolerance {tol:.0e}): {bad}"

@@ -117,11 +117,6 @@ def make_call(contestant: str, inputs: Inputs, dtype: torch.dtype):
     raise ValueError(f"unknown contestant {contestant!r}; known: {CONTESTANTS}")
 
 
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 @pytest.mark.parametrize(
     "dtype_name,hidden,batch,contestant", GRID,
     ids=[f"{d}-H{h}-B{b}-{c}" for d, h, b, c in GRID],
@@ -143,7 +138,7 @@ def test_pooler(benchmark, request, budget, calibration, bench_results, dtype_na
         out = call(0)
         h, w, b = inputs.sets[0]
         expected = torch.tanh(torch.nn.functional.linear(h[:, 0], w, b))
-        err = _rel_err(out, expected)
+        err = harness.rel_err(out, expected)
         assert out.shape == expected.shape and out.dtype == dtype
         assert err <= AGREEMENT[dtype_name], f"{contestant} disagrees with eager: rel err {err:.2e}"
 

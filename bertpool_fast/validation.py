@@ -44,10 +44,14 @@ def check_tensor(name: str, t: object, ndim: int, layout: str) -> torch.Tensor:
 def check_hidden_states(hidden_states: object) -> None:
     check_tensor("hidden_states", hidden_states, 3, "[batch, seq, hidden]")
     if hidden_states.shape[1] < 1:
-        # an empty sequence has no first token (and no max); sentence-transformers errors too
-        raise ValueError(
-            f"hidden_states needs at least one token (seq >= 1), got shape {tuple(hidden_states.shape)}"
-        )
+        _no_tokens(hidden_states)
+
+
+def _no_tokens(hidden_states: torch.Tensor) -> None:
+    # an empty sequence has no first token (and no max); sentence-transformers errors too
+    raise ValueError(
+        f"hidden_states needs at least one token (seq >= 1), got shape {tuple(hidden_states.shape)}"
+    )
 
 
 def check_backend(backend: object) -> None:
@@ -67,16 +71,24 @@ def _check_linear(
     # to, described by `of`); b: [out] or None
     check_tensor(w_name, w, 2, "[out_features, in_features] (nn.Linear layout)")
     if w.shape[1] != in_features:
-        raise ValueError(
-            f"{w_name}.shape[1] ({w.shape[1]}) must equal {of} ({in_features}); "
-            f"{w_name} {tuple(w.shape)}"
-        )
+        _in_features_mismatch(w_name, w, in_features, of)
     if b is not None:
         check_tensor(b_name, b, 1, "[out_features]")
         if b.shape[0] != w.shape[0]:
-            raise ValueError(
-                f"{b_name} must have {w_name}.shape[0] = {w.shape[0]} elements, got {b.shape[0]}"
-            )
+            _bias_mismatch(w_name, w, b_name, b)
+
+
+def _in_features_mismatch(w_name: str, w: torch.Tensor, in_features: int, of: str) -> None:
+    raise ValueError(
+        f"{w_name}.shape[1] ({w.shape[1]}) must equal {of} ({in_features}); "
+        f"{w_name} {tuple(w.shape)}"
+    )
+
+
+def _bias_mismatch(w_name: str, w: torch.Tensor, b_name: str, b: torch.Tensor) -> None:
+    raise ValueError(
+        f"{b_name} must have {w_name}.shape[0] = {w.shape[0]} elements, got {b.shape[0]}"
+    )
 
 
 def _check_same_dtype_and_device(hidden_states: torch.Tensor, **others) -> None:
@@ -107,20 +119,30 @@ def validate_pooler_args(
     backend: str,
 ) -> None:
     """``fused_pooler``'s arguments: hidden_states [B, S, H], weight [N, H], bias [N] or None."""
-    check_hidden_states(hidden_states)
-    _check_linear("weight", weight, "bias", bias, hidden_states.shape[2],
-                  "the hidden size of hidden_states")  # fmt: skip
+    # On every inference call: the same checks as check_hidden_states and _check_linear, written
+    # out so that the common case is a few comparisons and no call beyond check_tensor's.
+    check_tensor("hidden_states", hidden_states, 3, "[batch, seq, hidden]")
+    if hidden_states.shape[1] < 1:
+        _no_tokens(hidden_states)
+    check_tensor("weight", weight, 2, "[out_features, in_features] (nn.Linear layout)")
+    if weight.shape[1] != hidden_states.shape[2]:
+        _in_features_mismatch("weight", weight, hidden_states.shape[2], _HIDDEN_SIZE)
     dtype, device = hidden_states.dtype, hidden_states.device
-    # the common case in two comparisons per tensor; the loop below only on a mismatch
-    if (
-        weight.dtype != dtype
-        or weight.device != device
-        or (bias is not None and (bias.dtype != dtype or bias.device != device))
-    ):
+    if bias is not None:
+        check_tensor("bias", bias, 1, "[out_features]")
+        if bias.shape[0] != weight.shape[0]:
+            _bias_mismatch("weight", weight, "bias", bias)
+        if bias.dtype != dtype or bias.device != device:
+            _check_same_dtype_and_device(hidden_states, weight=weight, bias=bias)
+    if weight.dtype != dtype or weight.device != device:
         _check_same_dtype_and_device(hidden_states, weight=weight, bias=bias)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    check_backend(backend)
+    if backend not in BACKENDS:
+        check_backend(backend)
+
+
+_HIDDEN_SIZE = "the hidden size of hidden_states"
 
 
 def validate_head_args(hidden_states, weight, bias, classifier_weight, classifier_bias,

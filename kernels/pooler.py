@@ -101,7 +101,7 @@ def pooled_tile(
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -119,7 +119,7 @@ def pooled_tile(
         m_k = (k0 + o_k) < K
         b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
         b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-        if UPCAST_OPERANDS:
+        if INTERPRETED_BF16:
             # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
             # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
             b_x = b_x.to(tl.float32)
@@ -151,7 +151,7 @@ def pooler_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -168,13 +168,13 @@ def pooler_fwd_kernel(
     acc = pooled_tile(
         x_ptr, w_ptr, b_ptr, o_m, o_n, m_m, m_n, K,
         stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
-        HAS_BIAS, ACTIVATION, DOT_PRECISION, UPCAST_OPERANDS, BLOCK_M, BLOCK_N, BLOCK_K,
+        HAS_BIAS, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     p_out = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
-    # UPCAST_OPERANDS is set exactly when the interpreter handles bf16, whose store truncates
+    # under the interpreter with bf16 its store truncates: round_to rounds to nearest first
     tl.store(
         p_out,
-        round_to(acc, out_ptr.dtype.element_ty, UPCAST_OPERANDS),
+        round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
         mask=m_m[:, None] & m_n[None, :],
     )
 
@@ -237,7 +237,7 @@ def pooler_fwd(
             HAS_BIAS=bias is not None,
             ACTIVATION=activation,
             DOT_PRECISION=fp32_dot_precision() if dtype == torch.float32 else "ieee",
-            UPCAST_OPERANDS=interpreter_enabled() and dtype == torch.bfloat16,
+            INTERPRETED_BF16=interpreter_enabled() and dtype == torch.bfloat16,
             BLOCK_M=config.block_m,
             BLOCK_N=config.block_n,
             BLOCK_K=config.block_k,
@@ -289,7 +289,7 @@ def inspection_cases() -> list:
                             "HAS_BIAS": True,
                             "ACTIVATION": "tanh",
                             "DOT_PRECISION": "ieee",
-                            "UPCAST_OPERANDS": False,
+                            "INTERPRETED_BF16": False,
                             "BLOCK_M": cfg.block_m,
                             "BLOCK_N": cfg.block_n,
                             "BLOCK_K": cfg.block_k,

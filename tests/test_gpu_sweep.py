@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertpool_fast.kernels import pooler
+from bertpool_fast.kernels import pooler, pooler_bwd
 from bertpool_fast.kernels.activations import ACTIVATIONS
 from bertpool_fast.kernels.tiles import TileConfig
 from conftest import HAS_CUDA, KERNEL_DEVICE, assert_close_rel, gemm_error_bound, poisoned, randn
@@ -158,3 +158,73 @@ def test_sweep_covers_every_shipped_config():
               for d, rows in t.items() for _, cfg in rows}  # fmt: skip
     covered = {(d, cfg) for d, cfg, _ in shipped_pooler_configs()}
     assert tables == covered
+
+
+# --- backward kernels: dX reduces over N in block_n steps, dW/db over M in block_m steps -------
+
+
+def shipped_bwd_configs() -> list[tuple[str, torch.dtype, TileConfig]]:
+    out = []
+    for kind, table in (("dx", pooler_bwd.DX_CONFIGS), ("dw", pooler_bwd.DW_CONFIGS)):
+        for dtype, rows in table.items():
+            for cfg in dict.fromkeys(cfg for _, cfg in rows):  # unique, in table order
+                out.append((kind, dtype, cfg))
+    return out
+
+
+def run_bwd_case(kind, dtype, cfg, iters, tails, activation):
+    # the reduction length runs `iters` steps of the tile, its last one partial when `tails`
+    step = cfg.block_n if kind == "dx" else cfg.block_m
+    red = iters * step - (step // 2 if tails else 0)
+    m, n = (cfg.block_m + 3, red) if kind == "dx" else (red, cfg.block_n + 8)
+    k = cfg.block_k + 8 if tails else cfg.block_k
+    x = randn(m, k, dtype=dtype)
+    weight = randn(n, k, dtype=dtype, scale=k**-0.5)
+    y = torch.tanh(randn(m, n)).to(dtype) if activation == "tanh" else randn(m, n, dtype=dtype)
+    grad = randn(m, n, dtype=dtype)
+    dz = grad.double() * (1 - y.double() ** 2) if activation == "tanh" else grad.double()
+    if activation == "relu":
+        dz = torch.where(y.double() > 0, dz, 0.0)
+    if kind == "dx":
+        out = poisoned((m, k), dtype, x.device)
+        pooler_bwd.pooler_bwd_dx(grad, y, weight, activation, out=out, config=cfg)
+        assert_close_rel(out, dz @ weight.double(), dtype)
+    else:
+        dw, db = pooler_bwd.pooler_bwd_dw(grad, y, x, activation, True, True, n, config=cfg)
+        assert_close_rel(dw, dz.T @ x.double(), dtype)
+        assert_close_rel(db, dz.sum(0), dtype)
+
+
+def bwd_cases(full: bool):
+    cases, first = [], set()
+    for kind, dtype, cfg in shipped_bwd_configs():
+        name = f"{kind}-{DTYPE_IDS[dtype]}-{'x'.join(map(str, cfg))}"
+        for tails in (False, True) if full else (True,):
+            cases.append((f"{name}-{'tails' if tails else 'aligned'}", (kind, dtype, cfg, tails,
+                                                                         "tanh")))  # fmt: skip
+        if full and (kind, dtype) not in first:
+            first.add((kind, dtype))
+            for act in ("relu", "identity"):
+                cases.append((f"{name}-tails-{act}", (kind, dtype, cfg, True, act)))
+    return cases
+
+
+def run_bwd_sweep_case(kind, dtype, cfg, tails, activation, full):
+    for iters in sorted({1, 2, 3, cfg.num_stages, cfg.num_stages + 1}) if full else [3]:
+        run_bwd_case(kind, dtype, cfg, iters, tails, activation)
+
+
+GPU_BWD_CASES = bwd_cases(full=True)
+CPU_BWD_CASES = bwd_cases(full=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("args", [a for _, a in GPU_BWD_CASES], ids=[i for i, _ in GPU_BWD_CASES])
+def test_sweep_pooler_bwd_gpu(args):
+    run_bwd_sweep_case(*args, full=True)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the GPU runs the full sweep instead")
+@pytest.mark.parametrize("args", [a for _, a in CPU_BWD_CASES], ids=[i for i, _ in CPU_BWD_CASES])
+def test_sweep_pooler_bwd_interpreter(args):
+    run_bwd_sweep_case(*args, full=False)

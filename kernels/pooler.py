@@ -42,7 +42,7 @@ _FP32_CONFIGS = (
     # 3 stages, not 4: Triton 3.6 miscompiles this tile with 4 stages when hidden_states' row
     # stride is a multiple of 16 and K is not (the LLVM it bundles corrupts each thread's K offset
     # into x, whatever K's value; NOTES.md, "fp32 wrong result"). tests/test_gpu_sweep.py runs
-    # both tiles on a GPU; the 3-stage binary was read free of the fault (PTX, sm_90).
+    # both tiles on a GPU; tests/test_compiled_code.py looks for the fault in every fp32 tile.
     (64, TileConfig(32, 64, 32, 4, 3)),
     (256, TileConfig(64, 64, 32, 4, 4)),
     (None, TileConfig(128, 128, 32, 8, 3)),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertpool_fast.kernels import pooler, pooler_bwd
+from bertpool_fast.kernels import classifier_head, masked_pool, pooler, pooler_bwd
 from bertpool_fast.kernels.activations import ACTIVATIONS
 from bertpool_fast.kernels.tiles import TileConfig
 from conftest import HAS_CUDA, KERNEL_DEVICE, assert_close_rel, gemm_error_bound, poisoned, randn
@@ -98,6 +98,40 @@ def test_fp32_mid_tile_regression(which, k):
 
 def test_shipped_mid_tile_is_not_the_retired_one():
     assert _fp32_mid_tile() != RETIRED_FP32_TILE
+
+
+# The classifier head's fp32 split rows as shipped before, compiled with the same fault under 3.6.
+RETIRED_HEAD_TILES = (
+    classifier_head.HeadConfig(16, 64, 32, 4, 4, True),
+    classifier_head.HeadConfig(32, 64, 32, 8, 4, True),
+)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [72, 200, 768 + 8])
+@pytest.mark.parametrize("tile", range(len(RETIRED_HEAD_TILES)))
+@pytest.mark.parametrize(
+    "which",
+    [
+        pytest.param(
+            "retired", marks=pytest.mark.xfail(reason="Triton 3.6 miscompiles it", strict=False)
+        ),  # fmt: skip
+        "shipped",
+    ],
+)
+def test_fp32_head_regression(which, tile, k):
+    from bertpool_fast.heads import classifier_head_reference
+
+    retired = RETIRED_HEAD_TILES[tile]
+    cfg = retired if which == "retired" else classifier_head.pick_head_config(retired.block_m,
+                                                                               torch.float32)  # fmt: skip
+    m, n, labels = retired.block_m, 40, 3
+    x = randn(m, 2, k)  # row stride 2K: a multiple of 16, K is not
+    w1, w2 = randn(n, k, scale=k**-0.5), randn(labels, n, scale=n**-0.5)
+    b1, b2 = randn(n), randn(labels)
+    out = classifier_head.classifier_head_fwd(x, w1, b1, w2, b2, "tanh", config=cfg)
+    d = [t.double() for t in (x[:, 0], w1, b1, w2, b2)]
+    assert_close_rel(out, classifier_head_reference(*d, "tanh").float().double(), torch.float32)
 
 
 # --- the sweep --------------------------------------------------------------------------------
@@ -228,3 +262,121 @@ def test_sweep_pooler_bwd_gpu(args):
 @pytest.mark.parametrize("args", [a for _, a in CPU_BWD_CASES], ids=[i for i, _ in CPU_BWD_CASES])
 def test_sweep_pooler_bwd_interpreter(args):
     run_bwd_sweep_case(*args, full=False)
+
+
+# --- classifier head: both paths (split-N rows and fused rows of the table) ----------------------
+
+
+def shipped_head_configs():
+    return [(dtype, cfg) for dtype, rows in classifier_head.HEAD_CONFIGS.items()
+            for cfg in dict.fromkeys(cfg for _, cfg in rows)]  # fmt: skip
+
+
+def run_head_case(dtype, cfg, tails, activation, full):
+    from bertpool_fast.heads import classifier_head_reference
+
+    m = cfg.block_m + 3 if tails else cfg.block_m
+    labels = 3 if tails else 16
+    iters = sorted({1, 2, 3, cfg.num_stages, cfg.num_stages + 1}) if full else [3]
+    for i in iters:
+        k = i * cfg.block_k - (cfg.block_k // 2 if tails else 0)
+        n = i * cfg.block_n - (cfg.block_n // 2 if tails else 0)
+        x = randn(m, 2, k, dtype=dtype)
+        w1, w2 = (
+            randn(n, k, dtype=dtype, scale=k**-0.5),
+            randn(labels, n, dtype=dtype, scale=n**-0.5),
+        )
+        b1, b2 = randn(n, dtype=dtype), randn(labels, dtype=dtype)
+        out = poisoned((m, labels), dtype, x.device)
+        classifier_head.classifier_head_fwd(x, w1, b1, w2, b2, activation, out=out, config=cfg)
+        d = [t.double() for t in (x[:, 0], w1, b1, w2, b2)]
+        # the pooled rows are rounded to the input dtype in between, as the kernel and eager do
+        pooled = classifier_head_reference(d[0], d[1], d[2], torch.eye(n, dtype=torch.float64),
+                                           None, activation).to(dtype).double()  # fmt: skip
+        assert_close_rel(out, pooled @ d[3].T + d[4], dtype)
+
+
+def head_cases(full: bool):
+    cases, first = [], set()
+    for dtype, cfg in shipped_head_configs():
+        name = f"{DTYPE_IDS[dtype]}-{'x'.join(map(str, cfg[:5]))}-{'split' if cfg.split_n else 'fused'}"
+        for tails in (False, True) if full else (True,):
+            cases.append((f"{name}-{'tails' if tails else 'aligned'}", (dtype, cfg, tails, "tanh")))
+        if full and dtype not in first:
+            first.add(dtype)
+            cases += [
+                (f"{name}-tails-{a}", (dtype, cfg, True, a)) for a in ACTIVATIONS if a != "tanh"
+            ]
+    return cases
+
+
+GPU_HEAD_CASES = head_cases(full=True)
+CPU_HEAD_CASES = head_cases(full=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("args", [a for _, a in GPU_HEAD_CASES], ids=[i for i, _ in GPU_HEAD_CASES])
+def test_sweep_classifier_head_gpu(args):
+    run_head_case(*args, full=True)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the GPU runs the full sweep instead")
+@pytest.mark.parametrize("args", [a for _, a in CPU_HEAD_CASES], ids=[i for i, _ in CPU_HEAD_CASES])
+def test_sweep_classifier_head_interpreter(args):
+    run_head_case(*args, full=False)
+
+
+# --- masked pooling: the H-split table and the whole-row configs --------------------------------
+
+
+def shipped_pool_configs(h: int):
+    """The H-split table's configs, and the whole-row config the launcher would build for h."""
+    return [cfg for _, cfg in masked_pool.POOL_CONFIGS] + [masked_pool.row_config(h)]
+
+
+def run_pool_case(dtype, cfg, mode, normalize, full):
+    from bertpool_fast.masked_pooling import masked_pool_reference
+
+    h = 3 * cfg.block_h // 2 + 8 if cfg.block_h < 1024 else 40
+    steps = sorted({1, 2, 3, 4}) if full else [3]
+    for i in steps:
+        s = i * cfg.block_s - cfg.block_s // 2 if cfg.block_s > 1 else i
+        b = 3
+        x = randn(b, s, h, dtype=dtype)
+        mask = (torch.rand(b, s, device=x.device) > 0.3).long()
+        mask[:, 0] = 1
+        out = poisoned((b, h), dtype, x.device)
+        masked_pool.masked_pool_fwd(x, mask, mode, normalize, out=out, config=cfg)
+        assert_close_rel(out, masked_pool_reference(x.double(), mask, mode, normalize), dtype)
+
+
+def pool_cases(full: bool):
+    # MODE is a constexpr, so each mode is a compile: every mode runs on one configuration per
+    # dtype; the others run mean (normalised: in-kernel on whole-row configs, a second launch on
+    # H-split ones) and max (its own reduction), which between them cover both code paths.
+    cases = []
+    for dtype in DTYPE_IDS:
+        for j, cfg in enumerate(dict.fromkeys(shipped_pool_configs(40))):
+            runs = [("mean", True), ("max", False)] if full else [("mean", True)]
+            if full and j == 0:
+                runs += [(mode, False) for mode in masked_pool.POOL_MODES if mode != "max"]
+            for mode, normalize in runs:
+                name = f"{DTYPE_IDS[dtype]}-{'x'.join(map(str, cfg))}-{mode}-{normalize}"
+                cases.append((name, (dtype, cfg, mode, normalize)))
+    return cases
+
+
+GPU_POOL_CASES = pool_cases(full=True)
+CPU_POOL_CASES = pool_cases(full=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("args", [a for _, a in GPU_POOL_CASES], ids=[i for i, _ in GPU_POOL_CASES])
+def test_sweep_masked_pool_gpu(args):
+    run_pool_case(*args, full=True)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="the GPU runs the full sweep instead")
+@pytest.mark.parametrize("args", [a for _, a in CPU_POOL_CASES], ids=[i for i, _ in CPU_POOL_CASES])
+def test_sweep_masked_pool_interpreter(args):
+    run_pool_case(*args, full=False)

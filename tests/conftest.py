@@ -92,7 +92,7 @@ def gemm_error_bound(x, weight, bias=None, activation="identity") -> torch.Tenso
     return ACTIVATION_LIPSCHITZ[activation] * gamma * mag
 
 
-def elementwise_excess(actual, expected, dtype, atol, rtol) -> tuple[float, tuple]:
+def elementwise_excess(actual, expected, atol, rtol) -> tuple[float, tuple]:
     """max over elements of |a - e| - (atol + rtol |e|) and where it is; NaN positions must match."""
     a = actual.detach().double().cpu()
     e = expected.detach().double().cpu()
@@ -141,7 +141,7 @@ def assert_close_rel(
         peak = finite.abs().max().item() if finite.numel() else 0.0
         atol, rtol = tol * peak + SUBNORMAL_HALF_SPACING[dtype], 0.0
         how = f"{tol:.1e} x max|ref|"
-    excess, where = elementwise_excess(actual, expected, dtype, atol, rtol)
+    excess, where = elementwise_excess(actual, expected, atol, rtol)
     if excess > 0:
         a = actual.detach().double().cpu()[where].item() if where else float("nan")
         r = e[where].item() if where else float("nan")

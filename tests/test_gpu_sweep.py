@@ -120,7 +120,7 @@ RETIRED_HEAD_TILES = (
     ],
 )
 def test_fp32_head_regression(which, tile, k):
-    from bertpool_fast.heads import classifier_head_reference
+    from bertpool_fast.reference import classifier_head_reference
 
     retired = RETIRED_HEAD_TILES[tile]
     cfg = retired if which == "retired" else classifier_head.pick_head_config(retired.block_m,
@@ -273,7 +273,7 @@ def shipped_head_configs():
 
 
 def run_head_case(dtype, cfg, tails, activation, full):
-    from bertpool_fast.heads import classifier_head_reference
+    from bertpool_fast.reference import classifier_head_reference
 
     m = cfg.block_m + 3 if tails else cfg.block_m
     labels = 3 if tails else 16

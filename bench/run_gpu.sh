@@ -5,7 +5,7 @@
 #      kernels/pooler_tables.py (TUNE=0 keeps the committed table);
 #   2. install this checkout non-editable (python3 -m pip, no network, no build isolation);
 #   3. GPU correctness: the tile sweep of every kernel, the GPU-marked tests, forward parity on the
-#      compiled kernel;
+#      compiled kernel, the fp32 compiled-code scan;
 #   4. the benchmark, timed, under what is left of the budget: per-call launch cost first, then
 #      the pooler against eager / addmm+tanh / torch.compile, then the rest; each finished case is
 #      appended to records.jsonl at once, so a run cut short still leaves its figures;
@@ -73,15 +73,20 @@ say "installing this checkout (non-editable)"
 "$PY" -m pip install --quiet --no-build-isolation --no-deps . || { echo "error: pip install failed (offline: setuptools must be installed)" >&2; exit 1; }
 "$PY" -c "import bertpool_fast.kernels" || { echo "error: the installed package does not import" >&2; exit 1; }
 
-say "GPU correctness: tile sweep, GPU-marked tests, forward parity"
-timeout $(( 200 * SLOW )) "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --maxfail=30 2>&1 | tail -n 40 | tee "$RESULTS/gpu_tests.log"
+# Compiling ~200 tile specializations dominates the GPU checks: pytest-xdist (on the GPU image)
+# spreads them over the CPU cores; without it they run serially.
+XDIST=()
+if "$PY" -c "import xdist" 2>/dev/null && [ "$DRY_RUN" != 1 ]; then XDIST=(-n 8); fi
+say "GPU correctness: tile sweep and GPU-marked tests ${XDIST[*]}"
+timeout $(( 200 * SLOW )) "$PY" -m pytest -m gpu tests -q -rxX -p no:cacheprovider --maxfail=30 "${XDIST[@]}" 2>&1 | tail -n 60 | tee "$RESULTS/gpu_tests.log"
 TESTS_RC=${PIPESTATUS[0]}
 say "GPU tests exit code $TESTS_RC"
-# The forward parity suite is not GPU-marked (it runs through the interpreter on CPU); on a GPU it
-# checks the compiled kernel itself: every shape, dtype, layout and activation.
-timeout $(( 90 * SLOW )) "$PY" -m pytest tests/test_pooler_parity.py -q -p no:cacheprovider 2>&1 | tail -n 15 | tee "$RESULTS/gpu_parity.log"
+# Not GPU-marked (both run on CPU too), but here they check what this machine's Triton builds: the
+# forward parity suite on the compiled kernel (every shape, dtype, layout and activation), and the
+# scan of every fp32 GEMM tile's compiled code for the miscompile seen with Triton 3.6.
+timeout $(( 120 * SLOW )) "$PY" -m pytest tests/test_pooler_parity.py tests/test_compiled_code.py -q -p no:cacheprovider "${XDIST[@]}" 2>&1 | tail -n 15 | tee "$RESULTS/gpu_parity.log"
 PARITY_RC=${PIPESTATUS[0]}
-say "parity exit code $PARITY_RC"
+say "parity and compiled-code exit code $PARITY_RC"
 if [ "$PARITY_RC" != 0 ]; then TESTS_RC=$PARITY_RC; fi
 
 # What is left pays for the benchmark, less ~40 s for the report and inspect. Cases that compile

@@ -19,35 +19,29 @@ import triton.language as tl
 from .activations import apply_activation
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
+from . import pooler_tables as _pooler_tables
 from .tiles import TileConfig, pick_tile
 
-# Tile table, keyed by the largest M (batch) each row serves. No autotuning: the choice is a pure
-# function of (M, dtype), so it costs nothing on the launch path, never benchmarks at first call,
-# and two runs always pick the same tiles.
+# Tile tables, per (architecture, dtype), keyed by the largest M (batch) each row serves. They live
+# in pooler_tables.py as data, which ``python -m bench.tune`` rewrites from measurements on a GPU.
+# No autotuning at run time: the choice is a pure function of (M, dtype, the device's compute
+# capability), so it costs nothing on the launch path, never benchmarks at first call, and two runs
+# always pick the same tiles. The hand-written default table's reasoning:
 #   * M <= 16 (the common inference case): one M tile and a narrow N tile, so the weight read
 #     (the whole cost at small batch) is spread over N / 32 programs: 24 for H = 768, 128 for 4096.
-#   * block_k is the same in every row of a dtype's table: the K reduction then runs in the same
-#     order whatever the batch, which is what makes a row's result independent of the batch it
-#     arrives in.
+#   * block_k is the same in every row of a dtype's table, so the K reduction runs in the same
+#     order whatever the batch (batch invariance needs more than that; see below).
 #   * fp32 tiles are half as deep in K: same bytes per stage as fp16, and sm_80's 164 KiB of shared
 #     memory still holds every pipeline.
-_HALF_CONFIGS = (
-    (16, TileConfig(16, 32, 64, 4, 4)),
-    (64, TileConfig(32, 64, 64, 4, 4)),
-    (256, TileConfig(64, 64, 64, 4, 4)),
-    (None, TileConfig(128, 128, 64, 8, 3)),
-)
-_FP32_CONFIGS = (
-    (16, TileConfig(16, 32, 32, 4, 4)),
-    (64, TileConfig(32, 64, 32, 4, 4)),
-    (256, TileConfig(64, 64, 32, 4, 4)),
-    (None, TileConfig(128, 128, 32, 8, 3)),
-)
-POOLER_CONFIGS = {
-    torch.float16: _HALF_CONFIGS,
-    torch.bfloat16: _HALF_CONFIGS,
-    torch.float32: _FP32_CONFIGS,
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+POOLER_TABLES = {
+    arch: {dtype: tables[name] for dtype, name in DTYPE_NAMES.items()}
+    for arch, tables in _pooler_tables.TABLES.items()
 }
+POOLER_CONFIGS = POOLER_TABLES["default"]
+# compute capability -> table; every other GPU takes "default" (e.g. sm_86/sm_89 have 99 KiB of
+# shared memory per block, too little for some sm_80 / sm_90 pipelines)
+ARCH_OF_CAPABILITY = {(9, 0): "sm90", (8, 0): "sm80"}
 
 # Batch-invariant tiles (``batch_invariant=True``): a row's output is bitwise the same whatever batch
 # it arrives in. Each output element is one dot product over K; it comes out the same in every tile
@@ -78,9 +72,82 @@ BATCH_INVARIANT_CONFIGS = {
 
 
 @functools.cache
-def pick_config(m: int, dtype: torch.dtype, batch_invariant: bool = False) -> TileConfig:
-    table = BATCH_INVARIANT_CONFIGS if batch_invariant else POOLER_CONFIGS
-    return pick_tile(table[dtype], m)
+def table_arch(device: torch.device) -> str:
+    """The tile table ("sm90", "sm80", "default") for a device; read once per device.
+
+    CPU tensors and the interpreter take "default": what the CPU suite tests is what any GPU
+    without a table of its own runs.
+    """
+    if device.type != "cuda" or interpreter_enabled():
+        return "default"
+    return ARCH_OF_CAPABILITY.get(torch.cuda.get_device_capability(device), "default")
+
+
+@functools.cache
+def pick_config(
+    m: int, dtype: torch.dtype, batch_invariant: bool = False, arch: str = "default"
+) -> TileConfig:
+    if batch_invariant:
+        # one table for every architecture: its guarantee is a property of the tiles, not a speed
+        return pick_tile(BATCH_INVARIANT_CONFIGS[dtype], m)
+    return pick_tile(POOLER_TABLES[arch][dtype], m)
+
+
+@triton.jit
+def dot_k_range(
+    x_ptr,
+    w_ptr,
+    o_m,
+    o_n,
+    m_m,
+    m_n,
+    k_lo,
+    k_hi,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """sum over k in [k_lo, k_hi) of X[o_m, k] * W[o_n, k], fp32, in BLOCK_K chunks in K order.
+
+    [BLOCK_M, BLOCK_N]; under SWAP_AB its transpose [BLOCK_N, BLOCK_M], computed as W @ X^T so
+    that the N tile fills the MMA's rows (wgmma needs 64 of them) when M is a handful of rows.
+    """
+    o_k = k_lo + tl.arange(0, BLOCK_K)
+    if SWAP_AB:
+        p_w = w_ptr + o_n[:, None] * stride_wn + o_k[None, :] * stride_wk
+        p_x = x_ptr + o_m[None, :] * stride_xm + o_k[:, None] * stride_xk
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
+        p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        m_k = (k0 + tl.arange(0, BLOCK_K)) < k_hi
+        if SWAP_AB:
+            b_w = tl.load(p_w, mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_x = tl.load(p_x, mask=m_k[:, None] & m_m[None, :], other=0.0)
+        else:
+            b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
+            b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
+        if UPCAST_OPERANDS:
+            # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
+            # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
+            b_x = b_x.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        if SWAP_AB:
+            acc = tl.dot(b_w, b_x, acc, input_precision=DOT_PRECISION)
+        else:
+            acc = tl.dot(b_x, b_w, acc, input_precision=DOT_PRECISION)
+        p_x += BLOCK_K * stride_xk
+        p_w += BLOCK_K * stride_wk
+    return acc
 
 
 @triton.jit
@@ -111,34 +178,36 @@ def pooled_tile(
     Shared by the pooler (which stores it) and the classifier head (which feeds it to a second
     GEMM), so both run the very same K loop. o_m / o_n are int64 offsets; m_m / m_n their bounds.
     """
-    o_k = tl.arange(0, BLOCK_K)
-    p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
-    p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
-        b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-        if UPCAST_OPERANDS:
-            # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
-            # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
-            b_x = b_x.to(tl.float32)
-            b_w = b_w.to(tl.float32)
-        acc = tl.dot(b_x, b_w, acc, input_precision=DOT_PRECISION)
-        p_x += BLOCK_K * stride_xk
-        p_w += BLOCK_K * stride_wk
-
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    return apply_activation(acc, ACTIVATION)
+    acc = dot_k_range(
+        x_ptr, w_ptr, o_m, o_n, m_m, m_n, 0, K, stride_xm, stride_xk, stride_wn, stride_wk,
+        DOT_PRECISION, UPCAST_OPERANDS, False, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    return bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False)
 
 
 @triton.jit
+def bias_and_activation(
+    acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+):  # fmt: skip
+    """act(acc + b[o_n]) on the fp32 accumulator; N runs along acc's rows under SWAP_AB."""
+    if HAS_BIAS:
+        b = tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)
+        if SWAP_AB:
+            acc += b[:, None]
+        else:
+            acc += b[None, :]
+    return apply_activation(acc, ACTIVATION)
+
+
+@triton.jit(do_not_specialize=["M"])
 def pooler_fwd_kernel(
     x_ptr,  # [M, K] first-token rows, any strides
     w_ptr,  # [N, K] nn.Linear weight, any strides
     b_ptr,  # [N] bias (unused when HAS_BIAS is False)
     out_ptr,  # [M, N] output, contiguous
+    ws_ptr,  # [SPLIT_K, M, N] fp32 partial sums (unused when SPLIT_K == 1)
+    ticket_ptr,  # [tiles] int32, zero between launches (unused when SPLIT_K == 1)
     M,
     N,
     K,
@@ -155,9 +224,12 @@ def pooler_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr = 1,
+    SWAP_AB: tl.constexpr = False,
 ):
     # N tiles vary fastest, so programs that run together share the same X rows and sweep the
-    # (L2-resident) weight.
+    # (L2-resident) weight. M is not specialized (do_not_specialize): one compile serves M = 1, 8
+    # and 16 alike, and the value only bounds masks.
     i_n = tl.program_id(0)
     i_m = tl.program_id(1)
     # int64: row offsets are B * S * H elements away, past 2^31 for long sequences at large batch
@@ -165,18 +237,54 @@ def pooler_fwd_kernel(
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_m = o_m < M
     m_n = o_n < N
-    acc = pooled_tile(
-        x_ptr, w_ptr, b_ptr, o_m, o_n, m_m, m_n, K,
-        stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
-        HAS_BIAS, ACTIVATION, DOT_PRECISION, UPCAST_OPERANDS, BLOCK_M, BLOCK_N, BLOCK_K,
+    # Split K: program i_s takes the i_s-th of SPLIT_K runs of whole BLOCK_K chunks.
+    i_s = tl.program_id(2)
+    k_run = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_lo = i_s * k_run
+    k_hi = tl.minimum(K, k_lo + k_run)
+    acc = dot_k_range(
+        x_ptr, w_ptr, o_m, o_n, m_m, m_n, k_lo, k_hi, stride_xm, stride_xk, stride_wn, stride_wk,
+        DOT_PRECISION, UPCAST_OPERANDS, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
-    p_out = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
-    # UPCAST_OPERANDS is set exactly when the interpreter handles bf16, whose store truncates
-    tl.store(
-        p_out,
-        round_to(acc, out_ptr.dtype.element_ty, UPCAST_OPERANDS),
-        mask=m_m[:, None] & m_n[None, :],
-    )
+    # Where each accumulator element lives in the output and in a [M, N] workspace slice, in the
+    # accumulator's own orientation (transposed under SWAP_AB), so no tl.trans is needed.
+    if SWAP_AB:
+        o_out = o_m[None, :] * stride_om + o_n[:, None]
+        o_ws = o_m[None, :] * N + o_n[:, None]
+        m_out = m_m[None, :] & m_n[:, None]
+    else:
+        o_out = o_m[:, None] * stride_om + o_n[None, :]
+        o_ws = o_m[:, None] * N + o_n[None, :]
+        m_out = m_m[:, None] & m_n[None, :]
+    if SPLIT_K == 1:
+        acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB)
+        # UPCAST_OPERANDS is set exactly when the interpreter handles bf16, whose store truncates
+        tl.store(out_ptr + o_out, round_to(acc, out_ptr.dtype.element_ty, UPCAST_OPERANDS),
+                 mask=m_out)  # fmt: skip
+    else:
+        # Deterministic split-K: every program stores its fp32 partial; the ticket counter only
+        # decides WHO sums them - the last program to arrive - and it sums partials 0..SPLIT_K-1
+        # in that fixed order, so the result never depends on arrival order.
+        slice_mn = M.to(tl.int64) * N
+        tl.store(ws_ptr + i_s * slice_mn + o_ws, acc, mask=m_out)
+        # every warp's partial is written before this program takes its ticket (the acq_rel
+        # atomic then publishes them at GPU scope)
+        tl.debug_barrier()
+        p_ticket = ticket_ptr + i_m * tl.num_programs(0) + i_n
+        ticket = tl.atomic_add(p_ticket, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            total = tl.zeros(acc.shape, dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                # .cg: read at L2, where the other programs' stores are, never a stale L1 line
+                total += tl.load(ws_ptr + s * slice_mn + o_ws, mask=m_out, other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
+            total = bias_and_activation(
+                total, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB
+            )
+            tl.store(out_ptr + o_out, round_to(total, out_ptr.dtype.element_ty, UPCAST_OPERANDS),
+                     mask=m_out)  # fmt: skip
+            # re-arm the counter for the next launch (and the next CUDA-graph replay)
+            tl.atomic_xchg(p_ticket, 0)
 
 
 def fp32_dot_precision() -> str:
@@ -193,6 +301,44 @@ def fp32_dot_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def check_config(config: TileConfig) -> None:
+    """Reject a ``config=`` override the kernel cannot run (the tables are checked by tests)."""
+    if not isinstance(config, TileConfig):
+        raise TypeError(f"config must be a TileConfig, got {type(config).__name__}")
+    for name in ("block_m", "block_n", "block_k"):
+        size = getattr(config, name)
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"config.{name} must be a power of two >= 16 (tl.dot), got {size}")
+    if config.num_warps not in (1, 2, 4, 8, 16) or config.num_stages < 1:
+        raise ValueError(f"config.num_warps / num_stages out of range: {config}")
+    if config.split_k < 1:
+        raise ValueError(f"config.split_k must be >= 1, got {config.split_k}")
+
+
+# Split-K scratch per (device, stream): fp32 partial sums and the per-tile ticket counters, which
+# the kernel leaves at zero. Kept for the life of the process and only ever replaced by a larger
+# pair, the old pair staying referenced: a CUDA graph that captured a launch keeps valid pointers.
+# Per stream, so launches on two streams never share counters.
+_SPLIT_K_SCRATCH: dict = {}
+_RETIRED_SCRATCH: list = []
+
+
+def split_k_scratch(device: torch.device, partials: int, tiles: int):
+    if device.type == "cuda":
+        key = (device.index, torch._C._cuda_getCurrentRawStream(device.index))
+    else:
+        key = (device.type, 0)
+    ws, tickets = _SPLIT_K_SCRATCH.get(key, (None, None))
+    if ws is None or ws.numel() < partials or tickets.numel() < tiles:
+        if ws is not None:
+            _RETIRED_SCRATCH.append((ws, tickets))
+        # powers of two: a handful of growths over a process's life
+        ws = torch.empty(triton.next_power_of_2(partials), dtype=torch.float32, device=device)
+        tickets = torch.zeros(triton.next_power_of_2(tiles), dtype=torch.int32, device=device)
+        _SPLIT_K_SCRATCH[key] = (ws, tickets)
+    return ws, tickets
+
+
 def pooler_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -200,6 +346,7 @@ def pooler_fwd(
     activation: str,
     out: Optional[torch.Tensor] = None,
     batch_invariant: bool = False,
+    config: Optional[TileConfig] = None,
 ) -> torch.Tensor:
     """Launch the fused pooler. Inputs are validated by the caller (``bertpool_fast.fused_pooler``).
 
@@ -207,7 +354,8 @@ def pooler_fwd(
     is read: it starts at the tensor's own data pointer, so no ``[:, 0]`` view is built on the
     launch path) or an [M, K] tensor of rows; any strides. weight: [N, K], bias: [N] or None; all
     of one dtype and device. batch_invariant: use ``BATCH_INVARIANT_CONFIGS``, so row i's output
-    does not depend on M. Returns [M, N] in that dtype.
+    does not depend on M. config: run this tile instead of the table's pick (tuning, tests); it
+    overrides batch_invariant's table too. Returns [M, N] in that dtype.
     """
     m, k = x.shape[0], x.shape[-1]
     n = weight.shape[0]
@@ -217,14 +365,25 @@ def pooler_fwd(
     if m == 0 or n == 0:
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
-    config = pick_config(m, dtype, batch_invariant)
-    grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m))
+    if config is None:
+        config = pick_config(m, dtype, batch_invariant, table_arch(x.device))
+    else:
+        check_config(config)
+    grid_n, grid_m = triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m)
+    # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
+    split_k = max(1, min(config.split_k, triton.cdiv(k, config.block_k)))
+    if split_k > 1:
+        ws, tickets = split_k_scratch(x.device, split_k * m * n, grid_n * grid_m)
+    else:
+        ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
     with device_of(x):
-        pooler_fwd_kernel[grid](
+        pooler_fwd_kernel[(grid_n, grid_m, split_k)](
             x,
             weight,
             bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
             out,
+            ws,
+            tickets,
             m,
             n,
             k,
@@ -241,6 +400,8 @@ def pooler_fwd(
             BLOCK_M=config.block_m,
             BLOCK_N=config.block_n,
             BLOCK_K=config.block_k,
+            SPLIT_K=split_k,
+            SWAP_AB=config.swap_ab,
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )

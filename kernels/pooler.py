@@ -16,10 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pooler_tables as _pooler_tables
 from .activations import apply_activation
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
-from . import pooler_tables as _pooler_tables
 from .tiles import TileConfig, pick_tile
 
 # Tile tables, per (architecture, dtype), keyed by the largest M (batch) each row serves. They live

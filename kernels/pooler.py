@@ -408,8 +408,72 @@ def pooler_fwd(
     return out
 
 
+# What ``python -m bench.tune`` measures, per dtype: (smallest M, largest M it is tried at, config).
+# Chosen for H = 768 (N = K = 768: 12 K chunks of 64) on a 132-SM H100; "programs" is the grid
+# size at the bucket's M. Reasoning:
+#   * M <= 64: the op is the read of the 1.18 MB weight (0.35 us at 3.35 TB/s if every SM pulls;
+#     one SM alone streams far less), so the grid must spread the weight over >= ~100 programs of
+#     <= 12 KB each. N tiles alone give 24 (BLOCK_N 32) or 12 (64): split-K multiplies that by
+#     4, 6 or 12 (96-144 programs) at the cost of one fp32 partial per program and a fixed-order
+#     sum by the last one. SWAP_AB computes W @ X^T so the 64-wide N tile fills wgmma's 64 rows
+#     while M (1-32 rows) becomes the MMA's narrow side, instead of a 16-row mma.sync tile.
+#     Stages never exceed a split's K chunks (a pipeline longer than its loop buys nothing).
+#   * 64 < M <= 1024: 64-row wgmma tiles (one warpgroup); 64x64 gives 24 programs at M = 128 and
+#     96 at M = 512, so split-K 2/4 and 64x32 tiles lift the small end to ~100-200 programs.
+#   * M >= 512: 128-row tiles; 128x128 at M = 8192 is 384 tiles, 2.9 waves of one CTA per SM, but
+#     at 96 KiB of shared memory (3 stages) two CTAs fit per SM (1.45 waves); 128x64 / 64x128 (4
+#     warps, 4 stages) and 128x256 / 256x128 (8 warps) move that tail.
+# Every candidate is a multiple of 64 rows in whole warpgroups (wgmma on sm_90) except the 16- and
+# 32-row non-swapped ones, kept because at M <= 16 the MMA shape hardly matters.
+_HALF_CANDIDATES = (
+    (1, 64, TileConfig(16, 32, 64, 4, 4)),
+    (1, 64, TileConfig(16, 32, 64, 4, 3, split_k=4)),
+    (1, 64, TileConfig(16, 32, 64, 4, 2, split_k=6)),
+    (1, 32, TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True)),
+    (1, 32, TileConfig(16, 64, 64, 4, 1, split_k=12, swap_ab=True)),
+    (16, 64, TileConfig(32, 64, 64, 4, 3, split_k=4, swap_ab=True)),
+    (16, 64, TileConfig(32, 64, 64, 4, 4)),
+    (16, 128, TileConfig(64, 32, 64, 4, 3, split_k=4)),
+    (32, 128, TileConfig(64, 64, 64, 4, 2, split_k=6, swap_ab=True)),
+    (64, 1024, TileConfig(64, 64, 64, 4, 4)),
+    (64, 512, TileConfig(64, 64, 64, 4, 3, split_k=2)),
+    (64, 256, TileConfig(64, 64, 64, 4, 3, split_k=4)),
+    (64, 1024, TileConfig(64, 32, 64, 4, 4)),
+    (64, 512, TileConfig(64, 32, 64, 4, 3, split_k=2)),
+    (256, 8192, TileConfig(128, 64, 64, 4, 4)),
+    (256, 8192, TileConfig(64, 128, 64, 4, 4)),
+    (512, 8192, TileConfig(128, 128, 64, 8, 3)),
+    (512, 8192, TileConfig(128, 128, 64, 4, 4)),
+    (2048, 8192, TileConfig(128, 256, 64, 8, 3)),
+    (2048, 8192, TileConfig(256, 128, 64, 8, 3)),
+)
+# fp32 (optional in the sweep): the default table's tiles and a split-K one for small M.
+_FP32_CANDIDATES = (
+    (1, 64, TileConfig(16, 32, 32, 4, 4)),
+    (1, 64, TileConfig(16, 32, 32, 4, 3, split_k=4)),
+    (16, 256, TileConfig(32, 64, 32, 4, 4)),
+    (64, 1024, TileConfig(64, 64, 32, 4, 4)),
+    (512, 8192, TileConfig(128, 128, 32, 8, 3)),
+    (512, 8192, TileConfig(128, 64, 32, 4, 4)),
+)
+TUNE_CANDIDATES = {
+    torch.float16: _HALF_CANDIDATES,
+    torch.bfloat16: _HALF_CANDIDATES,
+    torch.float32: _FP32_CANDIDATES,
+}
+
+
+def config_label(cfg: TileConfig) -> str:
+    """A config in a few characters: 64x32x64 w4 s3 k4 swap."""
+    label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+    if cfg.split_k > 1:
+        label += f" k{cfg.split_k}"
+    return label + (" swap" if cfg.swap_ab else "")
+
+
 def inspection_cases() -> list:
-    """Every shipped (dtype, config) of the forward kernel, both tables, as compile-ahead cases.
+    """Every shipped (dtype, config) of the forward kernel - every architecture's table, the
+    batch-invariant table - and every tuning candidate, as compile-ahead cases.
 
     The signature mirrors what Triton's launcher builds for the usual call (contiguous weight,
     ``hidden_states`` contiguous in its last dimension, 16-aligned allocations, H a multiple of
@@ -417,63 +481,86 @@ def inspection_cases() -> list:
     the divisibility hint. Compiled without them, the loads are scalar and register counts say
     nothing about the kernel that runs.
     """
-    from .inspection import TRITON_DTYPE, KernelCase
-
     cases = []
-    for table_name, tables in (("", POOLER_CONFIGS), (" batch-invariant", BATCH_INVARIANT_CONFIGS)):
-        for dtype, table in tables.items():
-            t = TRITON_DTYPE[dtype]
+    tables = [
+        (f" {arch}" if arch != "default" else "", arch, t) for arch, t in POOLER_TABLES.items()
+    ]
+    tables.append((" batch-invariant", "batch_invariant", BATCH_INVARIANT_CONFIGS))
+    for suffix, table_name, by_dtype in tables:
+        for dtype, table in by_dtype.items():
             previous = 0
             for max_m, cfg in table:
                 bucket = f"M<={max_m}" if max_m is not None else f"M>{previous}"
                 previous = max_m
-                cases.append(
-                    KernelCase(
-                        name=f"pooler_fwd {t} {bucket}{table_name}",
-                        kernel=pooler_fwd_kernel,
-                        signature={
-                            "x_ptr": f"*{t}",
-                            "w_ptr": f"*{t}",
-                            "b_ptr": f"*{t}",
-                            "out_ptr": f"*{t}",
-                            "M": "i32",
-                            "N": "i32",
-                            "K": "i32",
-                            "stride_xm": "i64",
-                            "stride_wn": "i32",
-                            "stride_b": "i32",
-                            "stride_om": "i32",
-                        },
-                        constexprs={
-                            "stride_xk": 1,
-                            "stride_wk": 1,
-                            "HAS_BIAS": True,
-                            "ACTIVATION": "tanh",
-                            "DOT_PRECISION": "ieee",
-                            "UPCAST_OPERANDS": False,
-                            "BLOCK_M": cfg.block_m,
-                            "BLOCK_N": cfg.block_n,
-                            "BLOCK_K": cfg.block_k,
-                        },
-                        num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages,
-                        dtype=dtype,
-                        expects_tensor_cores=dtype != torch.float32,
-                        divisible_by_16=(
-                            "x_ptr",
-                            "w_ptr",
-                            "b_ptr",
-                            "out_ptr",
-                            "N",
-                            "K",
-                            "stride_xm",
-                            "stride_wn",
-                            "stride_om",
-                        ),
-                        tags={
-                            "table": "batch_invariant" if table_name else "default",
-                            "max_m": max_m,
-                        },
-                    )
-                )
+                name = f"pooler_fwd {DTYPE_NAMES[dtype]}{suffix} {bucket}"
+                if suffix == " batch-invariant":  # the name it has always had
+                    name = f"pooler_fwd {DTYPE_NAMES[dtype]} {bucket}{suffix}"
+                cases.append(_case(name, dtype, cfg, {"table": table_name, "max_m": max_m}))
+    for dtype, candidates in TUNE_CANDIDATES.items():
+        for lo, hi, cfg in candidates:
+            name = f"pooler_fwd_candidate {DTYPE_NAMES[dtype]} {config_label(cfg)}"
+            cases.append(_case(name, dtype, cfg, {"table": "candidate", "m_range": (lo, hi)}))
     return cases
+
+
+def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
+    from .inspection import TRITON_DTYPE, KernelCase
+
+    t = TRITON_DTYPE[dtype]
+    return KernelCase(
+        name=name,
+        kernel=pooler_fwd_kernel,
+        signature={
+            "x_ptr": f"*{t}",
+            "w_ptr": f"*{t}",
+            "b_ptr": f"*{t}",
+            "out_ptr": f"*{t}",
+            "ws_ptr": "*fp32",
+            "ticket_ptr": "*i32",
+            "M": "i32",
+            "N": "i32",
+            "K": "i32",
+            "stride_xm": "i64",
+            "stride_wn": "i32",
+            "stride_b": "i32",
+            "stride_om": "i32",
+        },
+        constexprs={
+            "stride_xk": 1,
+            "stride_wk": 1,
+            "HAS_BIAS": True,
+            "ACTIVATION": "tanh",
+            "DOT_PRECISION": "ieee",
+            "UPCAST_OPERANDS": False,
+            "BLOCK_M": cfg.block_m,
+            "BLOCK_N": cfg.block_n,
+            "BLOCK_K": cfg.block_k,
+            "SPLIT_K": cfg.split_k,
+            "SWAP_AB": cfg.swap_ab,
+        },
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        dtype=dtype,
+        expects_tensor_cores=dtype != torch.float32,
+        divisible_by_16=(
+            "x_ptr",
+            "w_ptr",
+            "b_ptr",
+            "out_ptr",
+            "ws_ptr",
+            "ticket_ptr",
+            "N",
+            "K",
+            "stride_xm",
+            "stride_wn",
+            "stride_om",
+        ),
+        tags=dict(tags, wgmma_shape=wgmma_shaped(cfg)),
+    )
+
+
+def wgmma_shaped(cfg: TileConfig) -> bool:
+    """Whether sm_90 can lower the tile's dot to wgmma: the MMA's rows (BLOCK_M, or BLOCK_N under
+    SWAP_AB) a multiple of 64, and warps in whole warpgroups."""
+    rows = cfg.block_n if cfg.swap_ab else cfg.block_m
+    return rows % 64 == 0 and cfg.num_warps % 4 == 0

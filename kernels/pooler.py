@@ -39,9 +39,6 @@ POOLER_TABLES = {
     for arch, tables in _pooler_tables.TABLES.items()
 }
 POOLER_CONFIGS = POOLER_TABLES["default"]
-# compute capability -> table; every other GPU takes "default" (e.g. sm_86/sm_89 have 99 KiB of
-# shared memory per block, too little for some sm_80 / sm_90 pipelines)
-ARCH_OF_CAPABILITY = {(9, 0): "sm90", (8, 0): "sm80"}
 
 # Batch-invariant tiles (``batch_invariant=True``): a row's output is bitwise the same whatever batch
 # it arrives in. Each output element is one dot product over K; it comes out the same in every tile
@@ -73,14 +70,21 @@ BATCH_INVARIANT_CONFIGS = {
 
 @functools.cache
 def table_arch(device: torch.device) -> str:
-    """The tile table ("sm90", "sm80", "default") for a device; read once per device.
+    """The tile table ("sm90", "sm80", ..., "default") for a device; read once per device.
 
     CPU tensors and the interpreter take "default": what the CPU suite tests is what any GPU
     without a table of its own runs.
     """
     if device.type != "cuda" or interpreter_enabled():
         return "default"
-    return ARCH_OF_CAPABILITY.get(torch.cuda.get_device_capability(device), "default")
+    key = arch_key(*torch.cuda.get_device_capability(device))
+    return key if key in POOLER_TABLES else "default"
+
+
+def arch_key(major: int, minor: int) -> str:
+    """A compute capability's key in the tables: (9, 0) -> "sm90". Only an exact match has a
+    table of its own: sm_86 / sm_89 have less shared memory per block than sm_80."""
+    return f"sm{major}{minor}"
 
 
 @functools.cache

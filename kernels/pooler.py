@@ -426,7 +426,8 @@ def pooler_fwd(
 #     96 at M = 512, so split-K 2/4 and 64x32 tiles lift the small end to ~100-200 programs.
 #   * M >= 512: 128-row tiles; 128x128 at M = 8192 is 384 tiles, 2.9 waves of one CTA per SM, but
 #     at 96 KiB of shared memory (3 stages) two CTAs fit per SM (1.45 waves); 128x64 / 64x128 (4
-#     warps, 4 stages) and 128x256 / 256x128 (8 warps) move that tail.
+#     warps, 4 stages) move that tail. 128x256 and 256x128 (8 warps) were dropped: they spill on
+#     sm_80 (255 registers), and every candidate must compile spill-free for both targets.
 # Every candidate is a multiple of 64 rows in whole warpgroups (wgmma on sm_90) except the 16- and
 # 32-row non-swapped ones, kept because at M <= 16 the MMA shape hardly matters.
 _HALF_CANDIDATES = (
@@ -448,8 +449,6 @@ _HALF_CANDIDATES = (
     (256, 8192, TileConfig(64, 128, 64, 4, 4)),
     (512, 8192, TileConfig(128, 128, 64, 8, 3)),
     (512, 8192, TileConfig(128, 128, 64, 4, 4)),
-    (2048, 8192, TileConfig(128, 256, 64, 8, 3)),
-    (2048, 8192, TileConfig(256, 128, 64, 8, 3)),
 )
 # fp32 (optional in the sweep): the default table's tiles and a split-K one for small M.
 _FP32_CANDIDATES = (

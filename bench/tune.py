@@ -256,7 +256,8 @@ def render_module(tables: dict, provenance: dict, header: str) -> str:
     lines.append("PROVENANCE = {")
     for arch, text in provenance.items():
         # one string literal per wrapped line, double-quoted: the layout ruff format keeps
-        parts = textwrap.wrap(text, 84, drop_whitespace=False) or [""]
+        parts = textwrap.wrap(text, 84) or [""]
+        parts = [p + " " for p in parts[:-1]] + parts[-1:]  # the spaces the wrap took
         lines.append(
             f"    {json.dumps(arch)}: " + "\n    ".join(json.dumps(p) for p in parts) + ","
         )

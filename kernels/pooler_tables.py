@@ -11,9 +11,10 @@ Architectures: "sm<major><minor>" of a compute capability ("sm90" = 9.0, exact m
 from .tiles import TileConfig as T
 
 PROVENANCE = {
-    "sm90": "predicted, not measured: chosen from first principles for H = 768 on a 132-SM H100 "
-    "(kernels/pooler.py, TUNE_CANDIDATES); run python -m bench.tune on an H100 to replace"
-    " it",
+    "sm90": "predicted, not measured: plain tiles (no split-K or swap-AB until a GPU has checked "
+    "them) that fill a 132-SM H100 better than the default table at M > 16 (wgmma from 64 "
+    "rows; kernels/pooler.py TUNE_CANDIDATES); python -m bench.tune on an H100 replaces "
+    "it",
     "sm80": "hand-written (the default table); not tuned on an sm_80 GPU",
     "default": "hand-written; every shape served, fits 99 KiB of shared memory (sm_86/sm_89)",
 }
@@ -21,17 +22,15 @@ PROVENANCE = {
 TABLES = {
     "sm90": {
         "fp16": (
-            (16, T(16, 32, 64, 4, 2, split_k=6)),
-            (64, T(64, 32, 64, 4, 3, split_k=4)),
-            (256, T(64, 64, 64, 4, 3, split_k=2)),
+            (16, T(16, 32, 64, 4, 4)),
+            (256, T(64, 32, 64, 4, 4)),
             (1024, T(64, 64, 64, 4, 4)),
             (4096, T(128, 64, 64, 4, 4)),
             (None, T(128, 128, 64, 8, 3)),
         ),
         "bf16": (
-            (16, T(16, 32, 64, 4, 2, split_k=6)),
-            (64, T(64, 32, 64, 4, 3, split_k=4)),
-            (256, T(64, 64, 64, 4, 3, split_k=2)),
+            (16, T(16, 32, 64, 4, 4)),
+            (256, T(64, 32, 64, 4, 4)),
             (1024, T(64, 64, 64, 4, 4)),
             (4096, T(128, 64, 64, 4, 4)),
             (None, T(128, 128, 64, 8, 3)),

@@ -457,7 +457,7 @@ _FP32_CANDIDATES = (
     (16, 256, TileConfig(32, 64, 32, 4, 4)),
     (64, 1024, TileConfig(64, 64, 32, 4, 4)),
     (512, 8192, TileConfig(128, 128, 32, 8, 3)),
-    (512, 8192, TileConfig(128, 64, 32, 4, 4)),
+    (512, 8192, TileConfig(128, 64, 32, 8, 3)),
 )
 TUNE_CANDIDATES = {
     torch.float16: _HALF_CANDIDATES,

@@ -7,6 +7,7 @@ and the summary says that kernel figures need a GPU.
 """
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -51,13 +52,38 @@ def calibration(request) -> harness.Calibration:
     smoke = not benchmark_enabled(request.config)
     cal = harness.calibrate(list(harness.DTYPE_NAMES), smoke=smoke)
     request.config.stash[CALIBRATION_KEY] = dataclasses.asdict(cal)
+    records_path = os.environ.get("BENCH_RECORDS")
+    if records_path:
+        with open(os.path.join(os.path.dirname(records_path) or ".", "calibration.json"), "w") as f:
+            json.dump(dataclasses.asdict(cal), f, indent=1)
     return cal
+
+
+class StreamedRecords(list):
+    """A list of records that also appends each one, as a JSON line, to ``path`` when it arrives.
+
+    pytest-benchmark writes its JSON only when the session ends; a run cut short by a timeout
+    would leave nothing. ``BENCH_RECORDS=<file>.jsonl`` keeps every finished case on disk, and
+    ``python -m bench.report <file>.jsonl`` reports from it.
+    """
+
+    def __init__(self, path: str | None):
+        super().__init__()
+        self.path = path
+
+    def append(self, record: dict) -> None:
+        super().append(record)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, default=str) + "\n")
 
 
 @pytest.fixture(scope="session")
 def bench_results(request) -> list:
-    """Every timed case's record; printed in the terminal summary."""
-    return request.config.stash.setdefault(RESULTS_KEY, [])
+    """Every timed case's record; printed in the terminal summary (and streamed, see above)."""
+    if RESULTS_KEY not in request.config.stash:
+        request.config.stash[RESULTS_KEY] = StreamedRecords(os.environ.get("BENCH_RECORDS"))
+    return request.config.stash[RESULTS_KEY]
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

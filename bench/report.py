@@ -35,6 +35,20 @@ ORDER = ("triton", "triton_bi", "eager", "compile", "compile_max_autotune", "add
 
 
 def load(path: str) -> tuple[list[dict], dict, Optional[dict]]:
+    """Records, environment stamp and calibration from pytest-benchmark's JSON, or from the
+    ``BENCH_RECORDS`` JSON-lines file (written case by case) with environment.json and
+    calibration.json beside it."""
+    if path.endswith(".jsonl"):
+        folder = os.path.dirname(os.path.abspath(path))
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        side = {}
+        for name in ("environment", "calibration"):
+            side_path = os.path.join(folder, f"{name}.json")
+            if os.path.exists(side_path):
+                with open(side_path) as f:
+                    side[name] = json.load(f)
+        return records, side.get("environment", {}), side.get("calibration")
     with open(path) as f:
         data = json.load(f)
     records = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info")]
@@ -420,7 +434,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.report", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("json", help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument(
+        "json", help="pytest-benchmark JSON (--benchmark-json), or the BENCH_RECORDS .jsonl file"
+    )
     parser.add_argument("--out", help="folder for report.md and plots (default: beside the JSON)")
     args = parser.parse_args(argv)
     try:

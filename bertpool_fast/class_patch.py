@@ -8,7 +8,7 @@ Instance patching (:func:`bertpool_fast.patch`) is the first way in and touches 
 process-wide; this switch is for code that builds its models where you cannot reach them.
 
 Only the ``forward`` in a pooler class's own ``__dict__`` is replaced, and only for classes whose
-forward matches a template of :mod:`bertpool_fast.patching`. The new forward proves each call as
+forward matches a template of :mod:`bertpool_fast.proof`. The new forward proves each call as
 the fast modules do - plain ``nn.Linear``, a reproducible activation, no live dropout, no hooks on
 the submodules - and otherwise calls the class's original forward, so an instance nobody could
 swap still computes exactly what it did. The class, its ``__init__``, parameters, ``state_dict``
@@ -20,15 +20,18 @@ from __future__ import annotations
 import importlib
 from types import FunctionType
 
-from .families import find_pooler_classes
-from .patching import ORIGINAL_FORWARD_ATTR, PoolerForm, form_of_class
+from .discovery import find_pooler_classes
+from .install import Change
+from .module import FUSED_FORWARDS
+from .proof import ORIGINAL_FORWARD_ATTR, form_of_class
 
-# class -> the forward function that was in its __dict__ before the switch
-_SWITCHED: dict[type, FunctionType] = {}
+# The switch is process-wide, so its changes (one per class, the same Change records as every
+# other integration) are kept here rather than on a model.
+_SWITCHED: list[Change] = []
 
 
-def _fused_forward_for(original: FunctionType, form: PoolerForm) -> FunctionType:
-    fused = form.fused_forward
+def _fused_forward_for(original: FunctionType, form_name: str) -> FunctionType:
+    fused = FUSED_FORWARDS[form_name]
 
     def forward(self, hidden_states, *args, **kwargs):
         if not args and not kwargs:
@@ -47,7 +50,7 @@ def _fused_forward_for(original: FunctionType, form: PoolerForm) -> FunctionType
 
 def switched_classes() -> list[type]:
     """The classes whose forward the switch currently replaces."""
-    return list(_SWITCHED)
+    return [change.target for change in _SWITCHED]
 
 
 def apply_to_transformers() -> int:
@@ -66,13 +69,14 @@ def apply_to_transformers() -> int:
             continue
         cls = getattr(module, candidate.name, None)
         original = None if cls is None else cls.__dict__.get("forward")
-        if cls in _SWITCHED or not isinstance(original, FunctionType):
-            continue
+        if not isinstance(original, FunctionType) or hasattr(original, ORIGINAL_FORWARD_ATTR):
+            continue  # switched already (ours carries the forward it replaced)
         form = form_of_class(cls)
         if form is None:
             continue
-        _SWITCHED[cls] = original
-        cls.forward = _fused_forward_for(original, form)
+        change = Change("class", cls, "forward", _fused_forward_for(original, form.name))
+        change.apply()
+        _SWITCHED.append(change)
         count += 1
     return count
 
@@ -81,7 +85,6 @@ def revert_transformers() -> int:
     """Put back the exact forward of every class :func:`apply_to_transformers` switched."""
     count = 0
     while _SWITCHED:
-        cls, original = _SWITCHED.popitem()
-        cls.forward = original
-        count += 1
+        # a forward set on the class since is someone else's, and stays
+        count += _SWITCHED.pop().undo()
     return count

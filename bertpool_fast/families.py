@@ -1,9 +1,10 @@
-"""Which transformers pooler classes the fused kernel covers, found from the installed transformers.
+"""The family survey (a tool): which transformers pooler classes the fused kernel covers, and why not.
 
-Every class named ``*Pooler`` in ``transformers.models.*`` is a candidate. A candidate is covered
-when its ``forward`` matches one of the templates in :mod:`bertpool_fast.patching` and the pooler
-built from its family's default config (shrunk) is provably swappable; anything else is listed
-with the reason. ``tests/test_families.py`` checks every covered class numerically, and
+Every class named ``*Pooler`` in ``transformers.models.*`` is a candidate
+(:mod:`bertpool_fast.discovery`). A candidate is covered when its ``forward`` matches one of the
+templates in :mod:`bertpool_fast.proof` and the pooler built from its family's default config
+(shrunk, :mod:`bertpool_fast.tiny_models`) is provably swappable; anything else is listed with
+the reason. ``tests/test_families.py`` checks every covered class numerically, and
 
     python -m bertpool_fast.families --markdown
 
@@ -15,21 +16,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
-import re
-from dataclasses import dataclass
 from typing import Optional
 
-from torch import nn
+# Re-exported: the survey's vocabulary, and where these names lived before the split.
+from .discovery import SUPPORTED_TRANSFORMERS, Family, find_pooler_classes, transformers_supported
+from .pooler_swap import refusal
+from .proof import form_of_class
+from .tiny_models import TINY_SIZES, build_tiny_pooler, tiny_config
 
-# The transformers releases whose class layouts we support; the same bounds as pyproject.toml's
-# dependency. 4.x (modeling files "Copied from" BERT) and 5.x (modular-generated files) define the
-# poolers with the same forwards; tests/test_families.py checks the installed release.
-SUPPORTED_TRANSFORMERS = ((4, 40), (6, 0))  # >= 4.40, < 6
-
-# Small enough that each pooler builds in microseconds; odd sizes and a non-square output (where a
-# config has pooler_output_size) so that no kernel tile divides them evenly.
-TINY_SIZES = {"hidden_size": 40, "pooler_hidden_size": 40, "pooler_output_size": 24}
+__all__ = [
+    "SUPPORTED_TRANSFORMERS",
+    "TINY_SIZES",
+    "Family",
+    "build_tiny_pooler",
+    "find_pooler_classes",
+    "main",
+    "markdown",
+    "survey",
+    "survey_one",
+    "tiny_config",
+    "transformers_supported",
+]
 
 # Why a class the survey leaves out is left out, in words. Membership is never decided here: these
 # notes only explain what the bytecode comparison found.
@@ -74,106 +81,8 @@ INLINE_POOLERS = {
 }
 
 
-@dataclass
-class Family:
-    """One candidate pooler class and what the survey found."""
-
-    family: str  # the transformers.models subpackage, e.g. "bert"
-    module: str  # the modeling module that defines it
-    name: str  # the class name
-    cls: Optional[type] = None
-    form: Optional[str] = None  # the matched template, None when left out
-    reason: Optional[str] = None  # why it is left out; None when covered
-
-    @property
-    def id(self) -> str:
-        return f"{self.family}.{self.name}"
-
-    @property
-    def covered(self) -> bool:
-        return self.reason is None
-
-
-def transformers_supported(version: str) -> bool:
-    major_minor = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
-    low, high = SUPPORTED_TRANSFORMERS
-    return low <= major_minor < high
-
-
-def find_pooler_classes() -> list[Family]:
-    """Every ``class *Pooler(`` in the installed ``transformers.models`` source, read not imported.
-
-    Reading the source first keeps this cheap (transformers has hundreds of model packages); the
-    survey imports only the modules that define a candidate.
-    """
-    import transformers.models
-
-    root = transformers.models.__path__[0]
-    found = []
-    for family in sorted(os.listdir(root)):
-        folder = os.path.join(root, family)
-        if not os.path.isdir(folder):
-            continue
-        for filename in sorted(os.listdir(folder)):
-            if not (filename.startswith("modeling_") and filename.endswith(".py")):
-                continue
-            with open(os.path.join(folder, filename), encoding="utf-8") as f:
-                source = f.read()
-            module = f"transformers.models.{family}.{filename[:-3]}"
-            for name in re.findall(r"^class (\w*Pooler)\(", source, re.MULTILINE):
-                found.append(Family(family, module, name))
-    return found
-
-
-def _config_classes(module) -> list[type]:
-    from transformers import PretrainedConfig
-
-    return [
-        obj
-        for obj in vars(module).values()
-        if isinstance(obj, type)
-        and issubclass(obj, PretrainedConfig)
-        and obj is not PretrainedConfig
-    ]
-
-
-def _common_prefix(a: str, b: str) -> int:
-    return len(os.path.commonprefix([a, b]))
-
-
-def tiny_config(cls: type, module) -> object:
-    """The family's default config, shrunk; the config class named most like ``cls`` that builds it.
-
-    Raises ``RuntimeError`` naming every config tried when none builds the pooler.
-    """
-    candidates = sorted(
-        _config_classes(module), key=lambda c: -_common_prefix(c.__name__, cls.__name__)
-    )
-    errors = []
-    for config_cls in candidates:
-        try:
-            config = config_cls()
-            for attr, size in TINY_SIZES.items():
-                if hasattr(config, attr):
-                    setattr(config, attr, size)
-            cls(config)
-        # any error: a config that does not fit this pooler; try the next one
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"{config_cls.__name__}: {type(exc).__name__}: {exc}"[:200])
-            continue
-        return config
-    raise RuntimeError(f"no config in {module.__name__} builds {cls.__name__}: {errors}")
-
-
-def build_tiny_pooler(cls: type, module) -> nn.Module:
-    """A randomly initialised ``cls`` from its family's shrunk default config, in eval mode."""
-    return cls(tiny_config(cls, module)).eval()
-
-
 def survey_one(candidate: Family) -> Family:
     """A copy of ``candidate`` with what was found: its class, the matched form, or the reason."""
-    from .patching import form_of_class, refusal
-
     fam = dataclasses.replace(candidate)
     try:
         module = importlib.import_module(fam.module)

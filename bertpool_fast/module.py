@@ -5,6 +5,7 @@ or None when this call cannot be fused (an activation the kernel lacks, dropout 
 a hook that must run, an input that is not [batch, seq, hidden]); the caller then runs the eager
 computation. ``FastBertPooler`` / ``FastContextPooler`` use them, and so does
 :mod:`bertpool_fast.class_patch`, which installs them as the ``forward`` of transformers' classes.
+Whether a module may be fused at all is decided in :mod:`bertpool_fast.proof`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .activation_modules import activation_name, hf_activation_name, is_overridden, is_plain_linear
 from .ops import fused_pooler
+from .proof import (
+    ACT2FN,
+    activation_name,
+    form_of_class,
+    hf_activation_name,
+    is_overridden,
+    is_plain_linear,
+    pooler_refusal,
+)
 
 
 def _fuse(hidden_states: torch.Tensor, dense: nn.Module, activation: Optional[str]):
@@ -102,9 +111,7 @@ class FastBertPooler(nn.Module):
             )
         # Same attributes do not make the same computation (a mean pooler can have them too): the
         # pooler must provably be act(dense(h[:, 0])), by the same proof patch() uses.
-        from .patching import form_of_class, refusal
-
-        reason = refusal(pooler)
+        reason = pooler_refusal(pooler)
         if reason is None and form_of_class(type(pooler)).name != "bert":
             reason = f"it is the {form_of_class(type(pooler)).name!r} form; use bertpool_fast.patch"
         if reason is not None:
@@ -147,11 +154,30 @@ class FastContextPooler(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         out = fused_context_forward(self, hidden_states)
         if out is None:
-            from transformers.activations import ACT2FN
-
             pooled = self.dense(self.dropout(hidden_states[:, 0]))
             return ACT2FN[self.config.pooler_hidden_act](pooled)
         return out
 
     def extra_repr(self) -> str:
         return "fused=triton"
+
+
+FAST_POOLERS = (FastBertPooler, FastContextPooler)
+
+
+def _fast_mobilebert(pooler: nn.Module) -> FastBertPooler:
+    return FastBertPooler.from_parts(pooler.dense, nn.Tanh(), pooler.training)
+
+
+# For each proven form (bertpool_fast.proof.FORMS, by name): the drop-in module for an instance
+# (pooler swap) and the fused forward (class-level switch, fast modules).
+MAKE_FAST = {
+    "bert": FastBertPooler.from_pooler,
+    "context": FastContextPooler.from_pooler,
+    "mobilebert": _fast_mobilebert,
+}
+FUSED_FORWARDS = {
+    "bert": fused_bert_forward,
+    "context": fused_context_forward,
+    "mobilebert": fused_mobilebert_forward,
+}

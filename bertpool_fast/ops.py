@@ -18,108 +18,31 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .kernels import (
-    ACTIVATIONS,
-    BWD_ACTIVATIONS,
-    interpreter_enabled,
-    pooler_bwd_dw,
-    pooler_bwd_dx,
-    pooler_fwd,
+from .kernels import BWD_ACTIVATIONS, pooler_bwd_dw, pooler_bwd_dx, pooler_fwd
+from .reference import activation_grad_reference, pooler_backward_reference, pooler_reference
+from .validation import (
+    BACKENDS,
+    KERNEL_DTYPES,
+    REFERENCE_DTYPES,
+    autocast_inputs,
+    named,
+    plain_tensors,
+    resolve_backend,
+    validate_pooler_args,
 )
-from .reference import activation_grad, pooler_backward_reference, pooler_reference
 
-BACKENDS = ("auto", "triton", "torch")
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# float64 is served by the torch path only (gradcheck, references); the kernels are for fp16/bf16/fp32
-REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float64,)
-
-
-def _check_tensor(name: str, t: object, ndim: int, layout: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
-    if t.layout is not torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-    if t.dtype not in REFERENCE_DTYPES:
-        raise TypeError(
-            f"{name} must be float16, bfloat16 or float32 (float64 on backend='torch'), "
-            f"got {t.dtype}"
-        )
-    return t
-
-
-def validate_pooler_args(
-    hidden_states: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    activation: str,
-    backend: str,
-) -> None:
-    # Runs on every inference call: plain comparisons, messages built only on failure.
-    _check_tensor("hidden_states", hidden_states, 3, "[batch, seq, hidden]")
-    _check_tensor("weight", weight, 2, "[out_features, in_features] (nn.Linear layout)")
-    if hidden_states.shape[1] < 1:
-        raise ValueError(
-            f"hidden_states needs at least one token (seq >= 1), got shape {tuple(hidden_states.shape)}"
-        )
-    if weight.shape[1] != hidden_states.shape[2]:
-        raise ValueError(
-            f"weight.shape[1] ({weight.shape[1]}) must equal the hidden size of hidden_states "
-            f"({hidden_states.shape[2]}); hidden_states {tuple(hidden_states.shape)}, "
-            f"weight {tuple(weight.shape)}"
-        )
-    if bias is not None:
-        _check_tensor("bias", bias, 1, "[out_features]")
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(
-                f"bias must have weight.shape[0] = {weight.shape[0]} elements, got {bias.shape[0]}"
-            )
-    dtype = hidden_states.dtype
-    if weight.dtype != dtype or (bias is not None and bias.dtype != dtype):
-        got = ", ".join(f"{k}={v.dtype}" for k, v in _named(hidden_states, weight, bias))
-        raise TypeError(f"hidden_states, weight and bias must share one dtype, got {got}")
-    device = hidden_states.device
-    if weight.device != device or (bias is not None and bias.device != device):
-        got = ", ".join(f"{k} on {v.device}" for k, v in _named(hidden_states, weight, bias))
-        raise ValueError(f"hidden_states, weight and bias must be on one device, got {got}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
-_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
-
-
-def _plain_tensors(hidden_states, weight, bias) -> bool:
-    return (
-        type(hidden_states) in _PLAIN_TENSOR_TYPES
-        and type(weight) in _PLAIN_TENSOR_TYPES
-        and (bias is None or type(bias) in _PLAIN_TENSOR_TYPES)
-    )
-
-
-def _named(hidden_states, weight, bias):
-    pairs = [("hidden_states", hidden_states), ("weight", weight), ("bias", bias)]
-    return [(k, v) for k, v in pairs if v is not None]
-
-
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """ "triton" or "torch" for these inputs; raises where the kernel cannot run them."""
-    kernel_can_run = device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
-    if backend == "torch":
-        return "torch"
-    if backend == "auto":
-        return "triton" if kernel_can_run and dtype in KERNEL_DTYPES else "torch"
-    if not kernel_can_run:
-        raise ValueError(
-            f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
-            f"before triton is imported; got tensors on {device}"
-        )
-    if dtype not in KERNEL_DTYPES:
-        raise TypeError(f"backend='triton' runs float16, bfloat16 and float32, got {dtype}")
-    return "triton"
+# Re-exported: the ops layer's public vocabulary (bertpool_fast.ops.BACKENDS has always been here).
+__all__ = [
+    "BACKENDS",
+    "KERNEL_DTYPES",
+    "REFERENCE_DTYPES",
+    "fused_pooler",
+    "pooler_grad_hidden_op",
+    "pooler_grad_params_op",
+    "pooler_op",
+    "resolve_backend",
+    "validate_pooler_args",
+]
 
 
 def _forward(
@@ -246,7 +169,7 @@ def _backward_triton(grad_out, hidden_states, weight, bias, y, activation, need_
             b = None if bias is None else bias.float()
             return F.linear(x_cls.float(), weight.float(), b)
 
-        grad_out = activation_grad(grad_out, y, activation, preactivation)
+        grad_out = activation_grad_reference(grad_out, y, activation, preactivation)
         activation = "identity"
     dh = dw = db = None
     if need_h:
@@ -286,20 +209,19 @@ def fused_pooler(
     Returns [B, H_out] in the input dtype. Under ``torch.autocast`` the inputs are first cast as
     eager ``nn.Linear``'s are, so the result has the autocast dtype, as eager ``linear`` + ``tanh``.
     """
-    hidden_states, weight, bias = _autocast_inputs(hidden_states, weight, bias)
+    hidden_states, weight, bias = autocast_inputs(hidden_states, weight, bias)
     validate_pooler_args(hidden_states, weight, bias, activation, backend)
     if not isinstance(batch_invariant, bool):
         raise TypeError(f"batch_invariant must be a bool, got {batch_invariant!r}")
     chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype)
     compiling = torch.compiler.is_compiling()
-    if chosen == "triton" and not compiling and not _plain_tensors(hidden_states, weight, bias):
+    if chosen == "triton" and not compiling and not plain_tensors(hidden_states, weight, bias):
         # A tensor subclass (a quantized weight, say) means what its own dispatch says, not what
         # its storage holds: the kernel must not read it. Under torch.compile the tracer's fake
         # tensors are subclasses too, hence the check only outside it.
         if backend == "triton":
-            got = ", ".join(
-                f"{k}: {type(v).__name__}" for k, v in _named(hidden_states, weight, bias)
-            )
+            pairs = named(hidden_states=hidden_states, weight=weight, bias=bias)
+            got = ", ".join(f"{k}: {type(v).__name__}" for k, v in pairs)
             raise TypeError(f"backend='triton' reads plain tensors only, got {got}")
         chosen = "torch"
     if batch_invariant and chosen != "triton":
@@ -315,40 +237,3 @@ def fused_pooler(
     if needs_grad or compiling:
         return pooler_op(hidden_states, weight, bias, activation, chosen, batch_invariant)
     return _forward(hidden_states, weight, bias, activation, chosen, batch_invariant)
-
-
-def _autocast_inputs(hidden_states, weight, bias):
-    """The inputs as eager ``nn.Linear`` sees them under ``torch.autocast``, else unchanged.
-
-    Autocast puts ``linear`` in its lower-precision list: every floating-point tensor on the
-    autocast device type, except float64, is cast to the autocast dtype (fp16 or bf16); the
-    activation then runs in that dtype. The cast is a differentiable ``.to()``, so gradients flow
-    back to fp32 master weights as they do through autocast's own casts.
-    """
-    if not isinstance(hidden_states, torch.Tensor):
-        return hidden_states, weight, bias  # validate_pooler_args names the problem
-    device_type = hidden_states.device.type
-    if device_type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
-        return hidden_states, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-    if isinstance(weight, torch.Tensor) and hidden_states.dim() == 3 and hidden_states.shape[1] > 1:
-        # Only the first-token rows are read: cast those ([B, 1, H], a view sliced first), never
-        # the whole [B, S, H] tensor - nn.Linear under autocast casts only its [B, H] input too.
-        hidden_states = hidden_states[:, :1]
-
-    def cast(t):
-        eligible = (
-            isinstance(t, torch.Tensor)
-            and t.is_floating_point()
-            and t.dtype != torch.float64
-            and t.device.type == device_type
-        )
-        return t.to(dtype) if eligible else t
-
-    return cast(hidden_states), cast(weight), cast(bias)
-
-
-# Device types with an autocast mode; asking is_autocast_enabled about any other raises.
-_AUTOCAST_DEVICE_TYPES = frozenset(
-    t for t in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia") if torch.amp.is_autocast_available(t)
-)

@@ -6,6 +6,7 @@ kernel is always compared against one definition of the op.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Optional
 
@@ -32,7 +33,7 @@ def pooler_reference(
     return apply_activation_torch(F.linear(x_cls, weight, bias), activation)
 
 
-def activation_grad(
+def activation_grad_reference(
     grad_out: torch.Tensor,
     y: torch.Tensor,
     activation: str,
@@ -41,6 +42,8 @@ def activation_grad(
     """dL/dz in fp32 (fp64 for fp64 inputs) from dL/dy and the saved output y = act(z).
 
     tanh, relu and identity need only y; the GELUs need z, recomputed by ``preactivation()``.
+    (``kernels/activations.py``'s ``activation_grad`` is the in-kernel one, for tanh, relu and
+    identity only.)
     """
     acc_dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
     dy = grad_out.to(acc_dtype)
@@ -66,6 +69,12 @@ def activation_grad(
     raise ValueError(f"no derivative for activation {activation!r}")
 
 
+def classifier_head_reference(x_cls, w1, b1, w2, b2, activation: str) -> torch.Tensor:
+    """Eager: pooled in the input dtype (rounded, as BertPooler stores it), then the classifier."""
+    pooled = apply_activation_torch(F.linear(x_cls, w1, b1), activation)
+    return F.linear(pooled, w2, b2)
+
+
 def pooler_backward_reference(
     grad_out: torch.Tensor,
     x_cls: torch.Tensor,
@@ -76,7 +85,7 @@ def pooler_backward_reference(
     needs_input_grad: tuple[bool, bool, bool],
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Gradients of ``pooler_reference`` w.r.t. (x_cls, weight, bias), each None when not needed."""
-    dz = activation_grad(
+    dz = activation_grad_reference(
         grad_out, y, activation, lambda: F.linear(_acc(x_cls), _acc(weight), _acc(bias))
     )
     need_x, need_w, need_b = needs_input_grad
@@ -92,3 +101,15 @@ def _acc(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if t is None:
         return None
     return t if t.dtype == torch.float64 else t.float()
+
+
+def __getattr__(name: str):
+    # activation_grad was renamed: kernels/activations.py has an activation_grad of its own
+    if name == "activation_grad":
+        warnings.warn(
+            "bertpool_fast.reference.activation_grad is now activation_grad_reference",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return activation_grad_reference
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,8 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masked_pooling import l2_normalize, masked_pool
-from .ops import KERNEL_DTYPES
+from .embedding_ops import l2_normalize, masked_pool
+from .install import Change, changes_under, install, undo
+from .validation import KERNEL_DTYPES
+
+_KIND = "sentence_transformers"
 
 # Feature keys that put sentence-transformers' Pooling on paths the kernel does not cover (unpadded
 # flash-attention batches, given token weights or CLS embeddings): the original forward runs then.
@@ -126,48 +129,43 @@ def is_sentence_transformer(model: object) -> bool:
     )
 
 
-def patch_sentence_transformer(model: nn.Module) -> int:
-    """Switch each ``Pooling`` / following ``Normalize`` of ``model`` to the fused classes; count them.
-
-    Idempotent (a second call switches nothing and returns 0). Only modules of exactly the
-    sentence-transformers classes are switched, never subclasses, whose forward may differ.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+def fuse_sentence_pooling(model: nn.Module) -> list[Change]:
+    """Switch each ``Pooling`` / following ``Normalize`` child of a ``SentenceTransformer``; the
+    changes made. Only modules of exactly the sentence-transformers classes are switched, never
+    subclasses, whose forward may differ."""
     pooling, normalize = _st_classes()
     fast_pooling, fast_normalize = fast_classes()
     children = list(model.children())
-    count = 0
+    changes = []
     for i, module in enumerate(children):
         if type(module) is not pooling:
             continue
-        module.__class__ = fast_pooling
-        count += 1
+        changes.append(install(module, Change(_KIND, module, "__class__", fast_pooling)))
         nxt = children[i + 1] if i + 1 < len(children) else None
         if type(nxt) is normalize:
-            nxt.__class__ = fast_normalize
-            count += 1
+            changes.append(install(nxt, Change(_KIND, nxt, "__class__", fast_normalize)))
             # Fuse only the plain case: Normalize rewrites the pooled embedding in place.
             in_place = nxt.module_input_name == nxt.module_output_name == "sentence_embedding"
-            module.__dict__[_FUSE_NORMALIZE] = in_place
-            nxt.__dict__[_NORMALIZED_UPSTREAM] = in_place
-    return count
+            for target, flag in ((module, _FUSE_NORMALIZE), (nxt, _NORMALIZED_UPSTREAM)):
+                changes.append(
+                    install(target, Change(_KIND, target, flag, in_place, counted=False))
+                )
+    return changes
+
+
+def patch_sentence_transformer(model: nn.Module) -> int:
+    """Switch each ``Pooling`` / following ``Normalize`` of ``model`` to the fused classes; count them.
+
+    The same as ``bertpool_fast.patch(model, poolers=False, sentence_transformers=True)``.
+    Idempotent (a second call switches nothing and returns 0).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return sum(c.counted for c in fuse_sentence_pooling(model))
 
 
 def unpatch_sentence_transformer(model: nn.Module) -> int:
     """Switch the modules that :func:`patch_sentence_transformer` changed back; count them."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    pooling, normalize = _st_classes()
-    fast_pooling, fast_normalize = fast_classes()
-    count = 0
-    for module in model.children():
-        if type(module) is fast_pooling:
-            module.__class__ = pooling
-            module.__dict__.pop(_FUSE_NORMALIZE, None)
-            count += 1
-        elif type(module) is fast_normalize:
-            module.__class__ = normalize
-            module.__dict__.pop(_NORMALIZED_UPSTREAM, None)
-            count += 1
-    return count
+    return undo(model, changes_under(model, [_KIND]))

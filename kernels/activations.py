@@ -51,8 +51,8 @@ def activation_grad(dy, y, ACTIVATION: tl.constexpr):
     """dL/dz from dL/dy and the saved output y = act(z), in fp32; the backward kernels' prologue.
 
     Only activations whose derivative is a function of y are served here (tanh, relu, identity);
-    the GELUs need z itself, which the backward launcher computes on the host side (see
-    kernels/pooler_bwd.py) before calling the kernels with ACTIVATION="identity".
+    the GELUs need z itself: bertpool_fast/ops.py recomputes it and forms dZ in torch
+    (``reference.activation_grad_reference``), then calls the kernels with ACTIVATION="identity".
     """
     dy = dy.to(tl.float32)
     if ACTIVATION == "tanh":

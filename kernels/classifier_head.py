@@ -132,7 +132,7 @@ def head_chunk(
     HAS_BIAS1: tl.constexpr,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -144,14 +144,14 @@ def head_chunk(
     b_p = pooled_tile(
         x_ptr, w1_ptr, b1_ptr, o_m, o_n, m_m, m_n, K,
         stride_xm, stride_xk, stride_w1n, stride_w1k, stride_b1,
-        HAS_BIAS1, ACTIVATION, DOT_PRECISION, UPCAST_OPERANDS, BLOCK_M, BLOCK_N, BLOCK_K,
+        HAS_BIAS1, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     # Columns past N hold act(0); the zero-filled W2 rows below cancel them whatever act(0) is.
-    # UPCAST_OPERANDS is set exactly when the interpreter handles bf16, whose conversion truncates.
-    b_p = round_to(b_p, x_ptr.dtype.element_ty, UPCAST_OPERANDS)
+    # under the interpreter with bf16 its conversion truncates: round_to rounds to nearest first
+    b_p = round_to(b_p, x_ptr.dtype.element_ty, INTERPRETED_BF16)
     p_w2 = w2_ptr + o_n[:, None] * stride_w2n + o_l[None, :] * stride_w2l
     b_w2 = tl.load(p_w2, mask=m_n[:, None] & m_l[None, :], other=0.0)
-    if UPCAST_OPERANDS:
+    if INTERPRETED_BF16:
         # interpreter only, as in pooled_tile: bf16 x bf16 products are exact in fp32
         b_p = b_p.to(tl.float32)
         b_w2 = b_w2.to(tl.float32)
@@ -205,7 +205,7 @@ def classifier_head_fwd_kernel(
     HAS_BIAS2: tl.constexpr,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -224,10 +224,10 @@ def classifier_head_fwd_kernel(
         logits = head_chunk(
             x_ptr, w1_ptr, b1_ptr, w2_ptr, logits, o_m, o_n, o_l, m_m, o_n < N, m_l, K,
             stride_xm, stride_xk, stride_w1n, stride_w1k, stride_b1, stride_w2l, stride_w2n,
-            HAS_BIAS1, ACTIVATION, DOT_PRECISION, UPCAST_OPERANDS, BLOCK_M, BLOCK_N, BLOCK_K,
+            HAS_BIAS1, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M, BLOCK_N, BLOCK_K,
         )  # fmt: skip
     store_logits(logits, b2_ptr, out_ptr, o_m, o_l, m_m, m_l, stride_b2, stride_om, HAS_BIAS2,
-                 UPCAST_OPERANDS)  # fmt: skip
+                 INTERPRETED_BF16)  # fmt: skip
 
 
 @triton.jit
@@ -251,7 +251,7 @@ def classifier_head_split_kernel(
     HAS_BIAS1: tl.constexpr,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -269,7 +269,7 @@ def classifier_head_split_kernel(
     part = head_chunk(
         x_ptr, w1_ptr, b1_ptr, w2_ptr, zero, o_m, o_n, o_l, m_m, o_n < N, m_l, K,
         stride_xm, stride_xk, stride_w1n, stride_w1k, stride_b1, stride_w2l, stride_w2n,
-        HAS_BIAS1, ACTIVATION, DOT_PRECISION, UPCAST_OPERANDS, BLOCK_M, BLOCK_N, BLOCK_K,
+        HAS_BIAS1, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     p_part = part_ptr + (i_n * M + o_m)[:, None] * L + o_l[None, :]
     tl.store(p_part, part, mask=m_m[:, None] & m_l[None, :])
@@ -355,7 +355,7 @@ def classifier_head_fwd(
                 x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
                 w2.stride(0), w2.stride(1), stride_b2, out.stride(0),
                 HAS_BIAS1=has_b1, HAS_BIAS2=has_b2, ACTIVATION=activation,
-                DOT_PRECISION=dot_precision, UPCAST_OPERANDS=interpreted_bf16,
+                DOT_PRECISION=dot_precision, INTERPRETED_BF16=interpreted_bf16,
                 BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                 BLOCK_L=block_l, num_warps=config.num_warps, num_stages=config.num_stages,
             )  # fmt: skip
@@ -368,7 +368,7 @@ def classifier_head_fwd(
             x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
             w2.stride(0), w2.stride(1),
             HAS_BIAS1=has_b1, ACTIVATION=activation,
-            DOT_PRECISION=dot_precision, UPCAST_OPERANDS=interpreted_bf16,
+            DOT_PRECISION=dot_precision, INTERPRETED_BF16=interpreted_bf16,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             BLOCK_L=block_l, num_warps=config.num_warps, num_stages=config.num_stages,
         )  # fmt: skip
@@ -416,7 +416,7 @@ def inspection_cases() -> list:
                 gemm_const = {
                     "stride_xk": 1, "stride_w1k": 1, "stride_b1": 1, "stride_w2n": 1,
                     "HAS_BIAS1": True, "ACTIVATION": "tanh", "DOT_PRECISION": "ieee",
-                    "UPCAST_OPERANDS": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                    "INTERPRETED_BF16": False, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                     "BLOCK_K": cfg.block_k, "BLOCK_L": block_l,
                 }  # fmt: skip
                 gemm_div = ("x_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "N", "K", "stride_xm",

@@ -112,7 +112,7 @@ def dot_k_range(
     stride_wn,
     stride_wk,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -140,7 +140,7 @@ def dot_k_range(
         else:
             b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
             b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-        if UPCAST_OPERANDS:
+        if INTERPRETED_BF16:
             # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
             # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
             b_x = b_x.to(tl.float32)
@@ -172,7 +172,7 @@ def pooled_tile(
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -184,7 +184,7 @@ def pooled_tile(
     """
     acc = dot_k_range(
         x_ptr, w_ptr, o_m, o_n, m_m, m_n, 0, K, stride_xm, stride_xk, stride_wn, stride_wk,
-        DOT_PRECISION, UPCAST_OPERANDS, False, BLOCK_M, BLOCK_N, BLOCK_K,
+        DOT_PRECISION, INTERPRETED_BF16, False, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     return bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False)
 
@@ -224,7 +224,7 @@ def pooler_fwd_kernel(
     HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -248,7 +248,7 @@ def pooler_fwd_kernel(
     k_hi = tl.minimum(K, k_lo + k_run)
     acc = dot_k_range(
         x_ptr, w_ptr, o_m, o_n, m_m, m_n, k_lo, k_hi, stride_xm, stride_xk, stride_wn, stride_wk,
-        DOT_PRECISION, UPCAST_OPERANDS, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K,
+        DOT_PRECISION, INTERPRETED_BF16, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     # Where each accumulator element lives in the output and in a [M, N] workspace slice, in the
     # accumulator's own orientation (transposed under SWAP_AB), so no tl.trans is needed.
@@ -262,8 +262,8 @@ def pooler_fwd_kernel(
         m_out = m_m[:, None] & m_n[None, :]
     if SPLIT_K == 1:
         acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB)
-        # UPCAST_OPERANDS is set exactly when the interpreter handles bf16, whose store truncates
-        tl.store(out_ptr + o_out, round_to(acc, out_ptr.dtype.element_ty, UPCAST_OPERANDS),
+        # under the interpreter with bf16 its store truncates: round_to rounds to nearest first
+        tl.store(out_ptr + o_out, round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
                  mask=m_out)  # fmt: skip
     else:
         # Deterministic split-K: every program stores its fp32 partial; the ticket counter only
@@ -285,7 +285,7 @@ def pooler_fwd_kernel(
             total = bias_and_activation(
                 total, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB
             )
-            tl.store(out_ptr + o_out, round_to(total, out_ptr.dtype.element_ty, UPCAST_OPERANDS),
+            tl.store(out_ptr + o_out, round_to(total, out_ptr.dtype.element_ty, INTERPRETED_BF16),
                      mask=m_out)  # fmt: skip
             # re-arm the counter for the next launch (and the next CUDA-graph replay)
             tl.atomic_xchg(p_ticket, 0)
@@ -400,7 +400,7 @@ def pooler_fwd(
             HAS_BIAS=bias is not None,
             ACTIVATION=activation,
             DOT_PRECISION=fp32_dot_precision() if dtype == torch.float32 else "ieee",
-            UPCAST_OPERANDS=interpreter_enabled() and dtype == torch.bfloat16,
+            INTERPRETED_BF16=interpreter_enabled() and dtype == torch.bfloat16,
             BLOCK_M=config.block_m,
             BLOCK_N=config.block_n,
             BLOCK_K=config.block_k,
@@ -534,7 +534,7 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "HAS_BIAS": True,
             "ACTIVATION": "tanh",
             "DOT_PRECISION": "ieee",
-            "UPCAST_OPERANDS": False,
+            "INTERPRETED_BF16": False,
             "BLOCK_M": cfg.block_m,
             "BLOCK_N": cfg.block_n,
             "BLOCK_K": cfg.block_k,

@@ -107,7 +107,7 @@ def pooler_bwd_dx_kernel(
     stride_dxk,
     ACTIVATION: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -138,8 +138,8 @@ def pooler_bwd_dx_kernel(
         b_w = tl.load(p_w, mask=m_n[:, None] & m_k[None, :], other=0.0)
         # dZ rounded to the operand dtype, as eager's tanh_backward output is
         b_dz = activation_grad(b_dy, b_y, ACTIVATION)
-        b_dz = round_to(b_dz, w_ptr.dtype.element_ty, UPCAST_OPERANDS)
-        if UPCAST_OPERANDS:
+        b_dz = round_to(b_dz, w_ptr.dtype.element_ty, INTERPRETED_BF16)
+        if INTERPRETED_BF16:
             # CPU interpreter with bf16 only (its tl.dot mishandles bf16, and its fp32 -> bf16
             # conversion truncates, see round_to); bf16 products are exact in fp32
             b_dz = b_dz.to(tl.float32)
@@ -150,7 +150,7 @@ def pooler_bwd_dx_kernel(
         p_w += BLOCK_N * stride_wn
 
     p_dx = dx_ptr + o_m[:, None] * stride_dxm + o_k[None, :] * stride_dxk
-    b_dx = round_to(acc, dx_ptr.dtype.element_ty, UPCAST_OPERANDS)
+    b_dx = round_to(acc, dx_ptr.dtype.element_ty, INTERPRETED_BF16)
     tl.store(p_dx, b_dx, mask=m_m[:, None] & m_k[None, :])
 
 
@@ -177,7 +177,7 @@ def pooler_bwd_dw_kernel(
     HAS_DW: tl.constexpr,
     HAS_DB: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_OPERANDS: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -213,8 +213,8 @@ def pooler_bwd_dw_kernel(
             acc_b += tl.sum(b_dz, axis=1)
         if HAS_DW:
             b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
-            b_dzc = round_to(b_dz, x_ptr.dtype.element_ty, UPCAST_OPERANDS)
-            if UPCAST_OPERANDS:
+            b_dzc = round_to(b_dz, x_ptr.dtype.element_ty, INTERPRETED_BF16)
+            if INTERPRETED_BF16:
                 b_dzc = b_dzc.to(tl.float32)
                 b_x = b_x.to(tl.float32)
             acc = tl.dot(b_dzc, b_x, acc, input_precision=DOT_PRECISION)
@@ -224,18 +224,18 @@ def pooler_bwd_dw_kernel(
 
     if HAS_DW:
         p_dw = dw_ptr + o_n[:, None] * stride_dwn + o_k[None, :] * stride_dwk
-        b_dw = round_to(acc, dw_ptr.dtype.element_ty, UPCAST_OPERANDS)
+        b_dw = round_to(acc, dw_ptr.dtype.element_ty, INTERPRETED_BF16)
         tl.store(p_dw, b_dw, mask=m_n[:, None] & m_k[None, :])
     if HAS_DB:
         if i_k == 0:
-            b_db = round_to(acc_b, db_ptr.dtype.element_ty, UPCAST_OPERANDS)
+            b_db = round_to(acc_b, db_ptr.dtype.element_ty, INTERPRETED_BF16)
             tl.store(db_ptr + o_n * stride_db, b_db, mask=m_n)
 
 
 def _launch_flags(dtype: torch.dtype) -> dict:
     return {
         "DOT_PRECISION": fp32_dot_precision() if dtype == torch.float32 else "ieee",
-        "UPCAST_OPERANDS": interpreter_enabled() and dtype == torch.bfloat16,
+        "INTERPRETED_BF16": interpreter_enabled() and dtype == torch.bfloat16,
     }
 
 
@@ -375,7 +375,7 @@ def inspection_cases() -> list:
     cases = []
     for dtype in DX_CONFIGS:
         t = TRITON_DTYPE[dtype]
-        flags = {"ACTIVATION": "tanh", "DOT_PRECISION": "ieee", "UPCAST_OPERANDS": False}
+        flags = {"ACTIVATION": "tanh", "DOT_PRECISION": "ieee", "INTERPRETED_BF16": False}
         for i, (_, cfg) in enumerate(DX_CONFIGS[dtype]):
             cases.append(
                 KernelCase(

@@ -11,6 +11,9 @@ def round_to(x, dtype: tl.constexpr, INTERPRETED_BF16: tl.constexpr):
     Triton 3.9's interpreter truncates fp32 -> bf16 (round toward zero: twice the error, and
     biased), so under it the rounding is done here on the bits first; the conversion that follows
     is then exact. Compiled kernels (INTERPRETED_BF16 False) take the plain conversion.
+    INTERPRETED_BF16 is the one name every kernel gives this condition (interpreter and bf16); the
+    GEMM kernels also widen their bf16 operands under it, since the interpreter's tl.dot
+    mishandles them.
     +-inf pass through (their low 16 bits are zero) and a quiet NaN, the only kind arithmetic
     produces, stays a NaN (its top mantissa bit survives the cut).
     """

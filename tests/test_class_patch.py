@@ -8,7 +8,7 @@ from torch import nn
 import bertpool_fast
 import bertpool_fast.module as fast_module
 from bertpool_fast import class_patch, families
-from bertpool_fast.patching import ORIGINAL_FORWARD_ATTR
+from bertpool_fast.proof import ORIGINAL_FORWARD_ATTR
 from conftest import REL_TOL, rel_error
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 import transformers as T
 
-import bertpool_fast.heads as heads
-from bertpool_fast.heads import fused_classifier_head, patch_heads, unpatch_heads
+import bertpool_fast
+import bertpool_fast.head_op as head_op
+from bertpool_fast import fused_classifier_head, patch_heads, unpatch_heads
 from bertpool_fast.kernels.classifier_head import SPLIT_MAX_M, classifier_head_fwd, pick_head_config
 from bertpool_fast.reference import apply_activation_torch
 from conftest import KERNEL_DEVICE, assert_close_rel, poisoned, randn
@@ -190,29 +191,21 @@ def make_ids(b: int, s: int) -> torch.Tensor:
     return torch.randint(5, 60, (b, s), device=KERNEL_DEVICE)
 
 
-def head_linear(model: torch.nn.Module) -> torch.nn.Linear:
-    """The Linear that produces the logits."""
-    if hasattr(model, "cls"):
-        return model.cls.seq_relationship
-    return getattr(model.classifier, "out_proj", model.classifier)
-
-
 @pytest.fixture
 def kernel_calls(monkeypatch):
     calls = []
-    real = heads.classifier_head_fwd
+    real = head_op.classifier_head_fwd
 
     def counting(*args):
         calls.append(tuple(args[0].shape))
         return real(*args)
 
-    monkeypatch.setattr(heads, "classifier_head_fwd", counting)
+    monkeypatch.setattr(head_op, "classifier_head_fwd", counting)
     return calls
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_patched_model_logits(name, kernel_calls):
-    model = make(name)
+def test_patched_model_logits(kernel_calls):
+    model = make("roberta-seqcls")
     ids = make_ids(3, 7)
     mask = torch.ones(3, 7, dtype=torch.long, device=KERNEL_DEVICE)
     mask[1, 4:] = 0
@@ -228,21 +221,36 @@ def test_patched_model_logits(name, kernel_calls):
     assert_close_rel(fused.logits, eager.logits, torch.float32)
     # the loss stays eager, computed from the fused logits
     assert_close_rel(fused.loss, eager.loss, torch.float32)
-    # unchanged state_dict keys; unpatch restores the class forwards
-    assert set(model.state_dict()) == set(MODELS[name]().state_dict())
+    # unchanged state_dict keys; unpatch restores the class forward and leaves no marker
+    assert set(model.state_dict()) == set(MODELS["roberta-seqcls"]().state_dict())
     assert unpatch_heads(model) == 1
     assert not any("forward" in m.__dict__ for m in model.modules())
+    assert not any(k.startswith("_bertpool") for m in model.modules() for k in m.__dict__)
 
 
-@pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls"])
-def test_training_mode_and_grad_run_eager(name, kernel_calls):
-    model = MODELS[name]().to(KERNEL_DEVICE)
+@pytest.mark.parametrize("name", ["bert-seqcls", "bert-nsp", "mobilebert-seqcls"])
+def test_bert_heads_are_not_fused(name, kernel_calls):
+    # Their pooler and classifier live in different modules; fusing them took a per-call deferral,
+    # which was removed. patch(heads=True) swaps their pooler only; logits are unchanged.
+    model = make(name)
+    ids = make_ids(2, 6)
+    with torch.no_grad():
+        eager = model(input_ids=ids).logits
+        assert patch_heads(model) == 0
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        assert bertpool_fast.patch(model, heads=True) == 1  # the pooler swap
+        fused = model(input_ids=ids).logits
+    assert kernel_calls == []
+    assert_close_rel(fused, eager, torch.float32)
+
+
+def test_training_mode_and_grad_run_eager(kernel_calls):
+    model = MODELS["roberta-seqcls"]().to(KERNEL_DEVICE)
     assert model.training and patch_heads(model) == 1  # patched in training mode
     ids = make_ids(2, 5)
-    model.train()
     out = model(input_ids=ids, labels=torch.tensor([0, 2], device=KERNEL_DEVICE))
     out.loss.backward()  # exact eager path: autograd through nn.Linear, dropout active
-    assert head_linear(model).weight.grad is not None
+    assert model.classifier.out_proj.weight.grad is not None
     assert model.base_model.embeddings.word_embeddings.weight.grad is not None
     model.eval()
     with torch.enable_grad():
@@ -250,19 +258,16 @@ def test_training_mode_and_grad_run_eager(name, kernel_calls):
     assert kernel_calls == []
 
 
-def test_works_with_pooler_patched_first(kernel_calls):
-    import bertpool_fast
-
-    model = make("bert-seqcls")
+def test_patch_with_heads_and_unpatch(kernel_calls):
+    model = make("roberta-seqcls")
     ids = make_ids(2, 6)
     with torch.no_grad():
         eager = model(input_ids=ids).logits
-        bertpool_fast.patch(model)
-        assert patch_heads(model) == 1
+        assert bertpool_fast.patch(model, heads=True) == 1  # no pooler (add_pooling_layer=False)
         fused = model(input_ids=ids).logits
-        # the backbone alone still returns the real pooled output, fused pooler
-        pooled = model.bert(input_ids=ids).pooler_output
-    assert kernel_calls and pooled.shape == (2, 40)
+        assert bertpool_fast.unpatch(model) == 1
+        model(input_ids=ids)
+    assert kernel_calls == [(2, 6, 40)]
     assert_close_rel(fused, eager, torch.float32)
 
 
@@ -280,31 +285,18 @@ def _zero(module, args, output):
     return output * 0
 
 
-# (module path under the model, hook kind): every module the deferred [B, S, H] tensor would pass
-# through or be seen from; "" is the backbone. "pre" / "forward" hooks record the shapes they see,
-# "zero" replaces the output with zeros.
+# (module path under the head, hook kind): every submodule the fused kernel would skip. "pre" /
+# "forward" hooks record the shapes they see, "zero" replaces the output with zeros.
 HOOK_SITES = {
-    "pooler-forward": ("pooler", "forward"),
-    "pooler-pre": ("pooler", "pre"),
-    "dense-forward-zero": ("pooler.dense", "zero"),
-    "dense-pre": ("pooler.dense", "pre"),
-    "activation-forward": ("pooler.activation", "forward"),
+    "dense-forward-zero": ("dense", "zero"),
+    "dense-pre": ("dense", "pre"),
     "dropout-forward": ("dropout", "forward"),
-    "classifier-pre": ("classifier", "pre"),
-    "classifier-forward": ("classifier", "forward"),
-    "backbone-forward": ("", "forward"),
+    "out_proj-pre": ("out_proj", "pre"),
+    "out_proj-forward": ("out_proj", "forward"),
 }
 
 
-def _site(model, path):
-    if path.startswith("pooler") or path == "":
-        path = ".".join(p for p in ("bert", path) if p)
-    return model.get_submodule(path)
-
-
 def _shapes(*values):
-    # the backbone's output object stands for its pooled rows, which the deferral would replace
-    values = [getattr(v, "pooler_output", v) for v in values]
     return [tuple(v.shape) for v in values if isinstance(v, torch.Tensor)]
 
 
@@ -321,29 +313,37 @@ def test_hooks_registered_after_patch_run_eager(site, kernel_calls):
     import copy
 
     path, kind = HOOK_SITES[site]
-    model = make("bert-seqcls")
+    model = make("roberta-seqcls")
     twin = copy.deepcopy(model)  # never patched: what eager gives with the same hook
     patch_heads(model)
     ids = make_ids(3, 7)
     seen, seen_eager = [], []
-    handle = _register(_site(model, path), kind, seen)
-    _register(_site(twin, path), kind, seen_eager)
+    handle = _register(model.classifier.get_submodule(path), kind, seen)
+    _register(twin.classifier.get_submodule(path), kind, seen_eager)
     with torch.no_grad():
         fused = model(input_ids=ids).logits
         eager = twin(input_ids=ids).logits
         assert kernel_calls == [], "a hooked head was fused"
-        # the hook fired, and saw what it sees in eager ([B, H] pooled rows, not [B, S, H])
-        assert seen == seen_eager
+        assert seen == seen_eager  # the hook fired, and saw what it sees in eager
         assert_close_rel(fused, eager, torch.float32)
-        if kind == "zero":  # pooled rows zeroed: tanh(0) = 0, the logits are the classifier bias
-            torch.testing.assert_close(fused, model.classifier.bias.expand(3, -1))
         handle.remove()
         model(input_ids=ids)
     assert len(kernel_calls) == 1, "fusion did not resume once the hook was removed"
 
 
+def test_hook_on_the_head_itself_still_fuses(kernel_calls):
+    # the head's own hooks run around our forward and see what they see in eager
+    model = make("roberta-seqcls")
+    patch_heads(model)
+    seen = []
+    model.classifier.register_forward_hook(lambda m, args, out: seen.append(_shapes(*args, out)))
+    with torch.no_grad():
+        model(input_ids=make_ids(2, 5))
+    assert kernel_calls == [(2, 5, 40)] and seen == [[(2, 5, 40), (2, 3)]]
+
+
 def test_global_hook_runs_eager(kernel_calls):
-    model = make("bert-seqcls")
+    model = make("roberta-seqcls")
     patch_heads(model)
     seen = []
     handle = torch.nn.modules.module.register_module_forward_hook(
@@ -354,47 +354,20 @@ def test_global_hook_runs_eager(kernel_calls):
             model(input_ids=make_ids(2, 5))
     finally:
         handle.remove()
-    assert kernel_calls == [] and "BertPooler" in seen and "Linear" in seen
-
-
-def test_nsp_head_hook_runs_eager(kernel_calls):
-    model = make("bert-nsp")
-    patch_heads(model)
-    seen = []
-    model.cls.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
-    with torch.no_grad():
-        model(input_ids=make_ids(2, 5))
-    assert kernel_calls == [] and seen == [(2, 40)]
-
-
-def test_fast_pooler_dense_hook_runs_eager(kernel_calls):
-    import bertpool_fast
-    from bertpool_fast import FastBertPooler
-
-    model = make("bert-seqcls")
-    bertpool_fast.patch(model)
-    assert type(model.bert.pooler) is FastBertPooler
-    patch_heads(model)
-    model.bert.pooler.dense.register_forward_hook(_zero)
-    with torch.no_grad():
-        logits = model(input_ids=make_ids(2, 5)).logits
-    assert kernel_calls == []
-    torch.testing.assert_close(logits, model.classifier.bias.expand(2, -1))
+    assert kernel_calls == [] and "Linear" in seen
 
 
 def test_instance_forward_set_after_patch_runs(kernel_calls):
-    # a pooler forward set by the user over ours is what runs, eagerly
-    model = make("bert-seqcls")
+    # a dense forward set by the user is what runs, eagerly
+    model = make("roberta-seqcls")
     patch_heads(model)
-    pooler = model.bert.pooler
-    pooler.forward = lambda h: torch.tanh(pooler.dense(h.mean(1)))  # mean pooling instead
+    dense = model.classifier.dense
+    dense.forward = lambda x: torch.nn.functional.linear(x, dense.weight) * 0
     ids = make_ids(2, 5)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-        h = model.bert(input_ids=ids).last_hidden_state
-        expected = model.classifier(torch.tanh(pooler.dense(h.mean(1))))
     assert kernel_calls == []
-    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(logits, model.classifier.out_proj.bias.expand(2, -1))
 
 
 class _DoublingDropout(torch.nn.Dropout):
@@ -407,20 +380,18 @@ class _ShiftedLinear(torch.nn.Linear):
         return super().forward(x) + 1
 
 
-@pytest.mark.parametrize("replace", ["dropout", "classifier", "dense"])
+@pytest.mark.parametrize("replace", ["dropout", "out_proj", "dense"])
 def test_replaced_by_subclass_runs_eager(replace, kernel_calls):
-    model = make("bert-seqcls")
+    model = make("roberta-seqcls")
     patch_heads(model)
+    head = model.classifier
     if replace == "dropout":
-        model.dropout = _DoublingDropout()
-    elif replace == "classifier":
-        old = model.classifier
-        model.classifier = _ShiftedLinear(40, 3).to(KERNEL_DEVICE)
-        model.classifier.load_state_dict(old.state_dict())
+        head.dropout = _DoublingDropout()
     else:
-        old = model.bert.pooler.dense
-        model.bert.pooler.dense = _ShiftedLinear(40, 40).to(KERNEL_DEVICE)
-        model.bert.pooler.dense.load_state_dict(old.state_dict())
+        old = getattr(head, replace)
+        new = _ShiftedLinear(old.in_features, old.out_features).to(KERNEL_DEVICE)
+        new.load_state_dict(old.state_dict())
+        setattr(head, replace, new)
     ids = make_ids(2, 5)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
@@ -430,68 +401,55 @@ def test_replaced_by_subclass_runs_eager(replace, kernel_calls):
     torch.testing.assert_close(logits, eager)
 
 
-@pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls"])
-def test_dropout_left_training_runs_eager(name, kernel_calls):
+def test_dropout_left_training_runs_eager(kernel_calls):
     # model.eval() then one dropout back in training: it draws a mask, which the kernel skips
-    model = make(name)
+    model = make("roberta-seqcls")
     patch_heads(model)
-    dropout = model.dropout if name == "bert-seqcls" else model.classifier.dropout
+    dropout = model.classifier.dropout
     dropout.train()
     dropout.p = 1.0  # zeroes what passes: the fused result would differ visibly
     with torch.no_grad():
         logits = model(input_ids=make_ids(2, 5)).logits
     assert kernel_calls == []
-    torch.testing.assert_close(logits, head_linear(model).bias.expand(2, -1))
+    torch.testing.assert_close(logits, model.classifier.out_proj.bias.expand(2, -1))
 
 
 # --- instance forwards that were there before patch_heads ---------------------------------------
 
 
-@pytest.mark.parametrize("where", ["model", "pooler", "classifier"])
-def test_existing_instance_forward_is_left_alone(where, kernel_calls):
-    model = make("bert-seqcls")
-    target = {"model": model, "pooler": model.bert.pooler, "classifier": model.classifier}[where]
-    bound = target.forward
+def test_roberta_head_with_instance_forward_is_left_alone(kernel_calls):
+    model = make("roberta-seqcls")
+    bound = model.classifier.forward
     calls = []
 
-    def wrapper(*args, **kwargs):  # what model.forward = torch.compile(model.forward) leaves
+    def wrapper(*args, **kwargs):  # what head.forward = torch.compile(head.forward) leaves
         calls.append(1)
         return bound(*args, **kwargs)
 
-    target.forward = wrapper
-    assert patch_heads(model) == 0
-    assert target.__dict__["forward"] is wrapper
+    model.classifier.forward = wrapper
+    assert patch_heads(model) == 0 and model.classifier.__dict__["forward"] is wrapper
     with torch.no_grad():
         model(input_ids=make_ids(2, 5))
     assert calls and kernel_calls == []
     assert unpatch_heads(model) == 0
-    assert target.__dict__["forward"] is wrapper
-
-
-def test_roberta_head_with_instance_forward_is_left_alone():
-    model = make("roberta-seqcls")
-    wrapper = model.classifier.forward
-    model.classifier.forward = wrapper
-    assert patch_heads(model) == 0 and model.classifier.__dict__["forward"] is wrapper
+    assert model.classifier.__dict__["forward"] is wrapper
 
 
 def test_forward_set_over_ours_survives_unpatch(kernel_calls):
-    model = make("bert-seqcls")
+    model = make("roberta-seqcls")
     patch_heads(model)
-    ours = model.forward
-    model.forward = lambda *a, **k: ours(*a, **k)  # e.g. torch.compile(model.forward)
-    wrapper = model.forward
+    head = model.classifier
+    ours = head.forward
+    head.forward = lambda *a, **k: ours(*a, **k)  # e.g. torch.compile(head.forward)
+    wrapper = head.forward
     ids = make_ids(2, 5)
     with torch.no_grad():
         model(input_ids=ids)
         assert len(kernel_calls) == 1
         assert unpatch_heads(model) == 1
-        assert model.__dict__["forward"] is wrapper  # the user's, kept
+        assert head.__dict__["forward"] is wrapper  # the user's, kept
         model(input_ids=ids)  # ours inside it now runs the class forward
     assert len(kernel_calls) == 1
-    assert (
-        "forward" not in model.bert.pooler.__dict__ and "forward" not in model.classifier.__dict__
-    )
 
 
 # --- autocast -----------------------------------------------------------------------------------
@@ -514,9 +472,8 @@ def test_functional_autocast_matches_eager(kernel_calls):
     assert_close_rel(out, eager, torch.bfloat16, scale=2)
 
 
-@pytest.mark.parametrize("name", ["bert-seqcls", "roberta-seqcls"])
-def test_patched_model_under_autocast(name, kernel_calls):
-    model = make(name)
+def test_patched_model_under_autocast(kernel_calls):
+    model = make("roberta-seqcls")
     ids = make_ids(3, 7)
     with torch.no_grad(), torch.autocast(KERNEL_DEVICE, dtype=torch.bfloat16):
         eager = model(input_ids=ids).logits

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import bertpool_fast.kernels.masked_pool as kmp
+from bertpool_fast.embedding_ops import l2_normalize, masked_pool, masked_pool_reference
 from bertpool_fast.kernels.masked_pool import (
     POOL_CONFIGS,
     POOL_MODES,
@@ -16,7 +17,6 @@ from bertpool_fast.kernels.masked_pool import (
     row_config,
 )
 from bertpool_fast.kernels.tiles import pick_tile
-from bertpool_fast.masked_pooling import l2_normalize, masked_pool, masked_pool_reference
 from conftest import KERNEL_DEVICE, assert_close_rel, poisoned, randn
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]

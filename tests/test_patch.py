@@ -232,3 +232,64 @@ def test_fused_output_close_to_float64_reference():
     expected = torch.tanh(hidden[:, 0].double() @ w.t() + b)
     err = (got.double() - expected).norm() / expected.norm()
     assert err <= REL_TOL[torch.float32]
+
+
+def test_patched_context_undoes_exactly_its_own_changes():
+    model, config = build("BertForSequenceClassification")
+    original_pooler = model.bert.pooler
+    inputs = inputs_for("BertForSequenceClassification", config)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        with bertpool_fast.patched(model) as same:
+            assert same is model and count_fast(model) == 1
+            assert_close_rel(model(**inputs).logits, expected, torch.float32)
+    assert model.bert.pooler is original_pooler
+    assert not any(k.startswith("_bertpool") for m in model.modules() for k in m.__dict__)
+    # an earlier patch() stays: the block undoes only what it did itself (here, nothing)
+    assert bertpool_fast.patch(model) == 1
+    with bertpool_fast.patched(model):
+        pass
+    assert count_fast(model) == 1
+    assert bertpool_fast.unpatch(model) == 1 and model.bert.pooler is original_pooler
+
+
+def test_patched_context_undoes_on_error():
+    model, _ = build("BertModel")
+    original_pooler = model.pooler
+    with pytest.raises(RuntimeError, match="inside"):
+        with bertpool_fast.patched(model):
+            assert count_fast(model) == 1
+            raise RuntimeError("inside")
+    assert model.pooler is original_pooler
+
+
+def test_integrations_are_opt_in():
+    model, _ = build("RobertaForSequenceClassification", "RobertaConfig")
+    assert bertpool_fast.patch(model) == 0  # no pooler, and the head only with heads=True
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert bertpool_fast.patch(model, poolers=False, heads=True) == 1
+    assert "forward" in model.classifier.__dict__
+    with pytest.raises(TypeError, match="heads must be a bool"):
+        bertpool_fast.patch(model, heads="yes")
+    assert bertpool_fast.unpatch(model) == 1
+    assert "forward" not in model.classifier.__dict__
+
+
+def test_unpatch_undoes_what_patch_did_on_a_deepcopy():
+    # the registry lives in the modules' __dict__, so a copy of a patched model unpatches too
+    model, _ = build("BertModel")
+    bertpool_fast.patch(model)
+    twin = copy.deepcopy(model)
+    assert bertpool_fast.unpatch(twin) == 1 and type(twin.pooler).__name__ == "BertPooler"
+    assert count_fast(model) == 1  # the original is untouched
+
+
+def test_pooler_replaced_after_patch_is_kept_by_unpatch():
+    # the user's own module set over ours is theirs: unpatch does not put the original back
+    model, _ = build("BertModel")
+    bertpool_fast.patch(model)
+    mine = nn.Identity()
+    model.pooler = mine
+    assert bertpool_fast.unpatch(model) == 0
+    assert model.pooler is mine
+    assert not any(k.startswith("_bertpool") for m in model.modules() for k in m.__dict__)

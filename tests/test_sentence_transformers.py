@@ -72,11 +72,18 @@ def test_patch_through_bertpool_fast_patch(model):
     import bertpool_fast
 
     before = model.encode(SENTENCES[:2], convert_to_tensor=True)
-    n = bertpool_fast.patch(model)
+    pooler = model[0].auto_model.pooler
+    # opt-in: without sentence_transformers=True only the encoder's pooler is swapped
+    assert bertpool_fast.patch(model) == (pooler is not None)
+    assert type(model[1]) is st.models.Pooling
+    bertpool_fast.unpatch(model)
+    n = bertpool_fast.patch(model, sentence_transformers=True)
     try:
         assert n >= 2
+        assert type(model[1]) is fast_classes()[0]
         after = model.encode(SENTENCES[:2], convert_to_tensor=True)
     finally:
-        bertpool_fast.unpatch(model)
+        assert bertpool_fast.unpatch(model) == n
     assert type(model[1]) is st.models.Pooling
+    assert not any(k.startswith("_bertpool") for m in model.modules() for k in m.__dict__)
     assert_close_rel(after, before, torch.float32)

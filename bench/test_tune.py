@@ -91,7 +91,30 @@ def test_dry_run_end_to_end(tmp_path):
     assert "| fp16 | 33 |" in (out / "tune.md").read_text()
 
 
+def test_dry_run_writes_the_table_where_told(tmp_path):
+    # what bench/run_gpu.sh's DRY_RUN=1 passes; the committed table stays as it is
+    before = open(pooler_tables.__file__).read()
+    target = tmp_path / "pooler_tables.py"
+    args = ["--dry-run", "--dtypes", "bf16", "--batches", "2", "--out", str(tmp_path / "o")]
+    assert tune.main([*args, "--table-out", str(target)]) == 0
+    assert open(pooler_tables.__file__).read() == before
+    assert _load(str(target)).TABLES["default"]["bf16"][-1][0] is None
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU sweep is the lead's run")
 def test_refuses_a_real_sweep_without_a_gpu(capsys):
     assert tune.main(["--out", os.devnull]) == 2
     assert "--dry-run" in capsys.readouterr().err
+
+
+def test_a_spent_budget_still_times_eager_and_the_current_pick(tmp_path):
+    out = tmp_path / "o"
+    args = ["--dry-run", "--dtypes", "fp16", "--batches", "3", "--budget-s", "0", "--out", str(out)]
+    assert tune.main(args) == 0
+    (bucket,) = json.loads((out / "tune.json").read_text())["buckets"]
+    status = {m["source"]: m["status"] for m in bucket["measurements"]}
+    assert status["eager"] == "ok" and status["current table"] == "ok"
+    assert status["candidate"] == "skipped: budget"
+    assert bucket["winner"] == next(
+        m["label"] for m in bucket["measurements"] if m["source"] == "current table"
+    )

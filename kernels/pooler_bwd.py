@@ -245,10 +245,12 @@ def pooler_bwd_dx(
     weight: torch.Tensor,
     activation: str,
     out: torch.Tensor,
+    config: Optional[TileConfig] = None,
 ) -> torch.Tensor:
     """Write dX = act'(z) * grad_out @ weight into ``out`` ([M, K], any strides) and return it.
 
     grad_out, y: [M, N] (grad_out may be fp32 dZ with activation="identity"); weight: [N, K].
+    config overrides the table's pick (tests).
     """
     _check_bwd_activation(activation)
     m, n = grad_out.shape
@@ -256,7 +258,7 @@ def pooler_bwd_dx(
     if m == 0 or k == 0:
         return out
     # n == 0 needs no special case: the N loop runs zero times and dX is zero
-    cfg = pick_dx_config(m, weight.dtype)
+    cfg = config if config is not None else pick_dx_config(m, weight.dtype)
     grid = (triton.cdiv(k, cfg.block_k), triton.cdiv(m, cfg.block_m))
     with device_of(weight):
         pooler_bwd_dx_kernel[grid](
@@ -296,11 +298,12 @@ def pooler_bwd_dw(
     n: int,
     out_weight: Optional[torch.Tensor] = None,
     out_bias: Optional[torch.Tensor] = None,
+    config: Optional[TileConfig] = None,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """dW = dZ^T @ x_cls ([N, K]) and db = dZ.sum(0) ([N]) in one pass; each None when not needed.
 
     grad_out, y: [M, N]; x_cls: [M, K], any strides. Outputs are in x_cls's dtype, written into
-    ``out_weight`` / ``out_bias`` (any strides) when given.
+    ``out_weight`` / ``out_bias`` (any strides) when given. config overrides the table's pick.
     """
     _check_bwd_activation(activation)
     m, k = x_cls.shape
@@ -320,7 +323,7 @@ def pooler_bwd_dw(
         # an empty batch contributes nothing; the kernel would store its zero accumulators too,
         # but zero-size launches are best not made at all
         return (dw.zero_() if dw is not None else None), (db.zero_() if db is not None else None)
-    cfg = pick_dw_config(m, dtype)
+    cfg = config if config is not None else pick_dw_config(m, dtype)
     # without dW only one K tile is needed, the one that stores db
     k_tiles = triton.cdiv(k, cfg.block_k) if need_weight else 1
     grid = (triton.cdiv(n, cfg.block_n), max(k_tiles, 1))

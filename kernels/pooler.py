@@ -16,42 +16,34 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pooler_tables as _pooler_tables
 from .activations import apply_activation
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
 from .tiles import TileConfig, pick_tile
 
-# Tile table, keyed by the largest M (batch) each row serves. No autotuning: the choice is a pure
-# function of (M, dtype), so it costs nothing on the launch path, never benchmarks at first call,
-# and two runs always pick the same tiles.
+# Tile tables, per (architecture, dtype), keyed by the largest M (batch) each row serves. They live
+# in pooler_tables.py as data, which ``python -m bench.tune`` rewrites from measurements on a GPU.
+# No autotuning at run time: the choice is a pure function of (M, dtype, the device's compute
+# capability), so it costs nothing on the launch path, never benchmarks at first call, and two runs
+# always pick the same tiles. The hand-written default table's reasoning:
 #   * M <= 16 (the common inference case): one M tile and a narrow N tile, so the weight read
 #     (the whole cost at small batch) is spread over N / 32 programs: 24 for H = 768, 128 for 4096.
-#   * block_k is the same in every row of a dtype's table: the K reduction then runs in the same
-#     order whatever the batch, which is what makes a row's result independent of the batch it
-#     arrives in.
+#   * block_k is the same in every row of a dtype's table, so the K reduction runs in the same
+#     order whatever the batch (batch invariance needs more than that; see below).
 #   * fp32 tiles are half as deep in K: same bytes per stage as fp16, and sm_80's 164 KiB of shared
 #     memory still holds every pipeline.
-_HALF_CONFIGS = (
-    (16, TileConfig(16, 32, 64, 4, 4)),
-    (64, TileConfig(32, 64, 64, 4, 4)),
-    (256, TileConfig(64, 64, 64, 4, 4)),
-    (None, TileConfig(128, 128, 64, 8, 3)),
-)
-_FP32_CONFIGS = (
-    (16, TileConfig(16, 32, 32, 4, 4)),
-    # 3 stages, not 4: Triton 3.6 miscompiles this tile with 4 stages when hidden_states' row
-    # stride is a multiple of 16 and K is not (the LLVM it bundles corrupts each thread's K offset
-    # into x, whatever K's value; NOTES.md, "fp32 wrong result"). tests/test_gpu_sweep.py runs
-    # both tiles on a GPU; tests/test_compiled_code.py looks for the fault in every fp32 tile.
-    (64, TileConfig(32, 64, 32, 4, 3)),
-    (256, TileConfig(64, 64, 32, 4, 4)),
-    (None, TileConfig(128, 128, 32, 8, 3)),
-)
-POOLER_CONFIGS = {
-    torch.float16: _HALF_CONFIGS,
-    torch.bfloat16: _HALF_CONFIGS,
-    torch.float32: _FP32_CONFIGS,
+#   * the fp32 32x64 tile (M <= 64) has 3 stages, not 4, in every table: Triton 3.6 miscompiles it
+#     with 4 stages when hidden_states' row stride is a multiple of 16 and K is not (the LLVM it
+#     bundles corrupts each thread's K offset into x; NOTES.md, "fp32 wrong result").
+#     tests/test_gpu_sweep.py runs the tiles on a GPU; tests/test_compiled_code.py looks for the
+#     fault in every fp32 tile, tuning candidates included.
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+POOLER_TABLES = {
+    arch: {dtype: tables[name] for dtype, name in DTYPE_NAMES.items()}
+    for arch, tables in _pooler_tables.TABLES.items()
 }
+POOLER_CONFIGS = POOLER_TABLES["default"]
 
 # Batch-invariant tiles (``batch_invariant=True``): a row's output is bitwise the same whatever batch
 # it arrives in. Each output element is one dot product over K; it comes out the same in every tile
@@ -82,9 +74,89 @@ BATCH_INVARIANT_CONFIGS = {
 
 
 @functools.cache
-def pick_config(m: int, dtype: torch.dtype, batch_invariant: bool = False) -> TileConfig:
-    table = BATCH_INVARIANT_CONFIGS if batch_invariant else POOLER_CONFIGS
-    return pick_tile(table[dtype], m)
+def table_arch(device: torch.device) -> str:
+    """The tile table ("sm90", "sm80", ..., "default") for a device; read once per device.
+
+    CPU tensors and the interpreter take "default": what the CPU suite tests is what any GPU
+    without a table of its own runs.
+    """
+    if device.type != "cuda" or interpreter_enabled():
+        return "default"
+    key = arch_key(*torch.cuda.get_device_capability(device))
+    return key if key in POOLER_TABLES else "default"
+
+
+def arch_key(major: int, minor: int) -> str:
+    """A compute capability's key in the tables: (9, 0) -> "sm90". Only an exact match has a
+    table of its own: sm_86 / sm_89 have less shared memory per block than sm_80."""
+    return f"sm{major}{minor}"
+
+
+@functools.cache
+def pick_config(
+    m: int, dtype: torch.dtype, batch_invariant: bool = False, arch: str = "default"
+) -> TileConfig:
+    if batch_invariant:
+        # one table for every architecture: its guarantee is a property of the tiles, not a speed
+        return pick_tile(BATCH_INVARIANT_CONFIGS[dtype], m)
+    return pick_tile(POOLER_TABLES[arch][dtype], m)
+
+
+@triton.jit
+def dot_k_range(
+    x_ptr,
+    w_ptr,
+    o_m,
+    o_n,
+    m_m,
+    m_n,
+    k_lo,
+    k_hi,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    DOT_PRECISION: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """sum over k in [k_lo, k_hi) of X[o_m, k] * W[o_n, k], fp32, in BLOCK_K chunks in K order.
+
+    [BLOCK_M, BLOCK_N]; under SWAP_AB its transpose [BLOCK_N, BLOCK_M], computed as W @ X^T so
+    that the N tile fills the MMA's rows (wgmma needs 64 of them) when M is a handful of rows.
+    """
+    o_k = k_lo + tl.arange(0, BLOCK_K)
+    if SWAP_AB:
+        p_w = w_ptr + o_n[:, None] * stride_wn + o_k[None, :] * stride_wk
+        p_x = x_ptr + o_m[None, :] * stride_xm + o_k[:, None] * stride_xk
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
+        p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        m_k = (k0 + tl.arange(0, BLOCK_K)) < k_hi
+        if SWAP_AB:
+            b_w = tl.load(p_w, mask=m_n[:, None] & m_k[None, :], other=0.0)
+            b_x = tl.load(p_x, mask=m_k[:, None] & m_m[None, :], other=0.0)
+        else:
+            b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
+            b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
+        if INTERPRETED_BF16:
+            # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
+            # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
+            b_x = b_x.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        if SWAP_AB:
+            acc = tl.dot(b_w, b_x, acc, input_precision=DOT_PRECISION)
+        else:
+            acc = tl.dot(b_x, b_w, acc, input_precision=DOT_PRECISION)
+        p_x += BLOCK_K * stride_xk
+        p_w += BLOCK_K * stride_wk
+    return acc
 
 
 @triton.jit
@@ -115,34 +187,36 @@ def pooled_tile(
     Shared by the pooler (which stores it) and the classifier head (which feeds it to a second
     GEMM), so both run the very same K loop. o_m / o_n are int64 offsets; m_m / m_n their bounds.
     """
-    o_k = tl.arange(0, BLOCK_K)
-    p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
-    p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        m_k = (k0 + o_k) < K
-        b_x = tl.load(p_x, mask=m_m[:, None] & m_k[None, :], other=0.0)
-        b_w = tl.load(p_w, mask=m_k[:, None] & m_n[None, :], other=0.0)
-        if INTERPRETED_BF16:
-            # Only under the CPU interpreter, whose tl.dot mishandles bfloat16 operands. A product
-            # of two bf16 values is exact in fp32, so this computes what the tensor cores do.
-            b_x = b_x.to(tl.float32)
-            b_w = b_w.to(tl.float32)
-        acc = tl.dot(b_x, b_w, acc, input_precision=DOT_PRECISION)
-        p_x += BLOCK_K * stride_xk
-        p_w += BLOCK_K * stride_wk
-
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)[None, :]
-    return apply_activation(acc, ACTIVATION)
+    acc = dot_k_range(
+        x_ptr, w_ptr, o_m, o_n, m_m, m_n, 0, K, stride_xm, stride_xk, stride_wn, stride_wk,
+        DOT_PRECISION, INTERPRETED_BF16, False, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    return bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False)
 
 
 @triton.jit
+def bias_and_activation(
+    acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    SWAP_AB: tl.constexpr,
+):  # fmt: skip
+    """act(acc + b[o_n]) on the fp32 accumulator; N runs along acc's rows under SWAP_AB."""
+    if HAS_BIAS:
+        b = tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)
+        if SWAP_AB:
+            acc += b[:, None]
+        else:
+            acc += b[None, :]
+    return apply_activation(acc, ACTIVATION)
+
+
+@triton.jit(do_not_specialize=["M"])
 def pooler_fwd_kernel(
     x_ptr,  # [M, K] first-token rows, any strides
     w_ptr,  # [N, K] nn.Linear weight, any strides
     b_ptr,  # [N] bias (unused when HAS_BIAS is False)
     out_ptr,  # [M, N] output, contiguous
+    ws_ptr,  # [SPLIT_K, M, N] fp32 partial sums (unused when SPLIT_K == 1)
+    ticket_ptr,  # [tiles] int32, zero between launches (unused when SPLIT_K == 1)
     M,
     N,
     K,
@@ -159,9 +233,12 @@ def pooler_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr = 1,
+    SWAP_AB: tl.constexpr = False,
 ):
     # N tiles vary fastest, so programs that run together share the same X rows and sweep the
-    # (L2-resident) weight.
+    # (L2-resident) weight. M is not specialized (do_not_specialize): one compile serves M = 1, 8
+    # and 16 alike, and the value only bounds masks.
     i_n = tl.program_id(0)
     i_m = tl.program_id(1)
     # int64: row offsets are B * S * H elements away, past 2^31 for long sequences at large batch
@@ -169,18 +246,54 @@ def pooler_fwd_kernel(
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_m = o_m < M
     m_n = o_n < N
-    acc = pooled_tile(
-        x_ptr, w_ptr, b_ptr, o_m, o_n, m_m, m_n, K,
-        stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
-        HAS_BIAS, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M, BLOCK_N, BLOCK_K,
+    # Split K: program i_s takes the i_s-th of SPLIT_K runs of whole BLOCK_K chunks.
+    i_s = tl.program_id(2)
+    k_run = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_lo = i_s * k_run
+    k_hi = tl.minimum(K, k_lo + k_run)
+    acc = dot_k_range(
+        x_ptr, w_ptr, o_m, o_n, m_m, m_n, k_lo, k_hi, stride_xm, stride_xk, stride_wn, stride_wk,
+        DOT_PRECISION, INTERPRETED_BF16, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
-    p_out = out_ptr + o_m[:, None] * stride_om + o_n[None, :]
-    # under the interpreter with bf16 its store truncates: round_to rounds to nearest first
-    tl.store(
-        p_out,
-        round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
-        mask=m_m[:, None] & m_n[None, :],
-    )
+    # Where each accumulator element lives in the output and in a [M, N] workspace slice, in the
+    # accumulator's own orientation (transposed under SWAP_AB), so no tl.trans is needed.
+    if SWAP_AB:
+        o_out = o_m[None, :] * stride_om + o_n[:, None]
+        o_ws = o_m[None, :] * N + o_n[:, None]
+        m_out = m_m[None, :] & m_n[:, None]
+    else:
+        o_out = o_m[:, None] * stride_om + o_n[None, :]
+        o_ws = o_m[:, None] * N + o_n[None, :]
+        m_out = m_m[:, None] & m_n[None, :]
+    if SPLIT_K == 1:
+        acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB)
+        # under the interpreter with bf16 its store truncates: round_to rounds to nearest first
+        tl.store(out_ptr + o_out, round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
+                 mask=m_out)  # fmt: skip
+    else:
+        # Deterministic split-K: every program stores its fp32 partial; the ticket counter only
+        # decides WHO sums them - the last program to arrive - and it sums partials 0..SPLIT_K-1
+        # in that fixed order, so the result never depends on arrival order.
+        slice_mn = M.to(tl.int64) * N
+        tl.store(ws_ptr + i_s * slice_mn + o_ws, acc, mask=m_out)
+        # every warp's partial is written before this program takes its ticket (the acq_rel
+        # atomic then publishes them at GPU scope)
+        tl.debug_barrier()
+        p_ticket = ticket_ptr + i_m * tl.num_programs(0) + i_n
+        ticket = tl.atomic_add(p_ticket, 1, sem="acq_rel")
+        if ticket == SPLIT_K - 1:
+            total = tl.zeros(acc.shape, dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                # .cg: read at L2, where the other programs' stores are, never a stale L1 line
+                total += tl.load(ws_ptr + s * slice_mn + o_ws, mask=m_out, other=0.0,
+                                 cache_modifier=".cg")  # fmt: skip
+            total = bias_and_activation(
+                total, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB
+            )
+            tl.store(out_ptr + o_out, round_to(total, out_ptr.dtype.element_ty, INTERPRETED_BF16),
+                     mask=m_out)  # fmt: skip
+            # re-arm the counter for the next launch (and the next CUDA-graph replay)
+            tl.atomic_xchg(p_ticket, 0)
 
 
 def fp32_dot_precision() -> str:
@@ -195,6 +308,44 @@ def fp32_dot_precision() -> str:
     if new_api in ("ieee", "tf32"):
         return new_api
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def check_config(config: TileConfig) -> None:
+    """Reject a ``config=`` override the kernel cannot run (the tables are checked by tests)."""
+    if not isinstance(config, TileConfig):
+        raise TypeError(f"config must be a TileConfig, got {type(config).__name__}")
+    for name in ("block_m", "block_n", "block_k"):
+        size = getattr(config, name)
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"config.{name} must be a power of two >= 16 (tl.dot), got {size}")
+    if config.num_warps not in (1, 2, 4, 8, 16) or config.num_stages < 1:
+        raise ValueError(f"config.num_warps / num_stages out of range: {config}")
+    if config.split_k < 1:
+        raise ValueError(f"config.split_k must be >= 1, got {config.split_k}")
+
+
+# Split-K scratch per (device, stream): fp32 partial sums and the per-tile ticket counters, which
+# the kernel leaves at zero. Kept for the life of the process and only ever replaced by a larger
+# pair, the old pair staying referenced: a CUDA graph that captured a launch keeps valid pointers.
+# Per stream, so launches on two streams never share counters.
+_SPLIT_K_SCRATCH: dict = {}
+_RETIRED_SCRATCH: list = []
+
+
+def split_k_scratch(device: torch.device, partials: int, tiles: int):
+    if device.type == "cuda":
+        key = (device.index, torch._C._cuda_getCurrentRawStream(device.index))
+    else:
+        key = (device.type, 0)
+    ws, tickets = _SPLIT_K_SCRATCH.get(key, (None, None))
+    if ws is None or ws.numel() < partials or tickets.numel() < tiles:
+        if ws is not None:
+            _RETIRED_SCRATCH.append((ws, tickets))
+        # powers of two: a handful of growths over a process's life
+        ws = torch.empty(triton.next_power_of_2(partials), dtype=torch.float32, device=device)
+        tickets = torch.zeros(triton.next_power_of_2(tiles), dtype=torch.int32, device=device)
+        _SPLIT_K_SCRATCH[key] = (ws, tickets)
+    return ws, tickets
 
 
 def pooler_fwd(
@@ -212,8 +363,8 @@ def pooler_fwd(
     is read: it starts at the tensor's own data pointer, so no ``[:, 0]`` view is built on the
     launch path) or an [M, K] tensor of rows; any strides. weight: [N, K], bias: [N] or None; all
     of one dtype and device. batch_invariant: use ``BATCH_INVARIANT_CONFIGS``, so row i's output
-    does not depend on M. config: a TileConfig that overrides the table's pick (tests, tuning).
-    Returns [M, N] in that dtype.
+    does not depend on M. config: run this tile instead of the table's pick (tuning, tests); it
+    overrides batch_invariant's table too. Returns [M, N] in that dtype.
     """
     m, k = x.shape[0], x.shape[-1]
     n = weight.shape[0]
@@ -224,14 +375,24 @@ def pooler_fwd(
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
     if config is None:
-        config = pick_config(m, dtype, batch_invariant)
-    grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m))
+        config = pick_config(m, dtype, batch_invariant, table_arch(x.device))
+    else:
+        check_config(config)
+    grid_n, grid_m = triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m)
+    # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
+    split_k = max(1, min(config.split_k, triton.cdiv(k, config.block_k)))
+    if split_k > 1:
+        ws, tickets = split_k_scratch(x.device, split_k * m * n, grid_n * grid_m)
+    else:
+        ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
     with device_of(x):
-        pooler_fwd_kernel[grid](
+        pooler_fwd_kernel[(grid_n, grid_m, split_k)](
             x,
             weight,
             bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
             out,
+            ws,
+            tickets,
             m,
             n,
             k,
@@ -248,14 +409,79 @@ def pooler_fwd(
             BLOCK_M=config.block_m,
             BLOCK_N=config.block_n,
             BLOCK_K=config.block_k,
+            SPLIT_K=split_k,
+            SWAP_AB=config.swap_ab,
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )
     return out
 
 
+# What ``python -m bench.tune`` measures, per dtype: (smallest M, largest M it is tried at, config).
+# Chosen for H = 768 (N = K = 768: 12 K chunks of 64) on a 132-SM H100; "programs" is the grid
+# size at the bucket's M. Reasoning:
+#   * M <= 64: the op is the read of the 1.18 MB weight (0.35 us at 3.35 TB/s if every SM pulls;
+#     one SM alone streams far less), so the grid must spread the weight over >= ~100 programs of
+#     <= 12 KB each. N tiles alone give 24 (BLOCK_N 32) or 12 (64): split-K multiplies that by
+#     4, 6 or 12 (96-144 programs) at the cost of one fp32 partial per program and a fixed-order
+#     sum by the last one. SWAP_AB computes W @ X^T so the 64-wide N tile fills wgmma's 64 rows
+#     while M (1-32 rows) becomes the MMA's narrow side, instead of a 16-row mma.sync tile.
+#     Stages never exceed a split's K chunks (a pipeline longer than its loop buys nothing).
+#   * 64 < M <= 1024: 64-row wgmma tiles (one warpgroup); 64x64 gives 24 programs at M = 128 and
+#     96 at M = 512, so split-K 2/4 and 64x32 tiles lift the small end to ~100-200 programs.
+#   * M >= 512: 128-row tiles; 128x128 at M = 8192 is 384 tiles, 2.9 waves of one CTA per SM, but
+#     at 96 KiB of shared memory (3 stages) two CTAs fit per SM (1.45 waves); 128x64 / 64x128 (4
+#     warps, 4 stages) move that tail. 128x256 and 256x128 (8 warps) were dropped: they spill on
+#     sm_80 (255 registers), and every candidate must compile spill-free for both targets.
+# Every candidate is a multiple of 64 rows in whole warpgroups (wgmma on sm_90) except the 16- and
+# 32-row non-swapped ones, kept because at M <= 16 the MMA shape hardly matters.
+_HALF_CANDIDATES = (
+    (1, 64, TileConfig(16, 32, 64, 4, 4)),
+    (1, 64, TileConfig(16, 32, 64, 4, 3, split_k=4)),
+    (1, 64, TileConfig(16, 32, 64, 4, 2, split_k=6)),
+    (1, 32, TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True)),
+    (1, 32, TileConfig(16, 64, 64, 4, 1, split_k=12, swap_ab=True)),
+    (16, 64, TileConfig(32, 64, 64, 4, 3, split_k=4, swap_ab=True)),
+    (16, 64, TileConfig(32, 64, 64, 4, 4)),
+    (16, 128, TileConfig(64, 32, 64, 4, 3, split_k=4)),
+    (32, 128, TileConfig(64, 64, 64, 4, 2, split_k=6, swap_ab=True)),
+    (64, 1024, TileConfig(64, 64, 64, 4, 4)),
+    (64, 512, TileConfig(64, 64, 64, 4, 3, split_k=2)),
+    (64, 256, TileConfig(64, 64, 64, 4, 3, split_k=4)),
+    (64, 1024, TileConfig(64, 32, 64, 4, 4)),
+    (64, 512, TileConfig(64, 32, 64, 4, 3, split_k=2)),
+    (256, 8192, TileConfig(128, 64, 64, 4, 4)),
+    (256, 8192, TileConfig(64, 128, 64, 4, 4)),
+    (512, 8192, TileConfig(128, 128, 64, 8, 3)),
+    (512, 8192, TileConfig(128, 128, 64, 4, 4)),
+)
+# fp32 (optional in the sweep): the default table's tiles and a split-K one for small M.
+_FP32_CANDIDATES = (
+    (1, 64, TileConfig(16, 32, 32, 4, 4)),
+    (1, 64, TileConfig(16, 32, 32, 4, 3, split_k=4)),
+    (16, 256, TileConfig(32, 64, 32, 4, 3)),
+    (64, 1024, TileConfig(64, 64, 32, 4, 4)),
+    (512, 8192, TileConfig(128, 128, 32, 8, 3)),
+    (512, 8192, TileConfig(128, 64, 32, 8, 3)),
+)
+TUNE_CANDIDATES = {
+    torch.float16: _HALF_CANDIDATES,
+    torch.bfloat16: _HALF_CANDIDATES,
+    torch.float32: _FP32_CANDIDATES,
+}
+
+
+def config_label(cfg: TileConfig) -> str:
+    """A config in a few characters: 64x32x64 w4 s3 k4 swap."""
+    label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+    if cfg.split_k > 1:
+        label += f" k{cfg.split_k}"
+    return label + (" swap" if cfg.swap_ab else "")
+
+
 def inspection_cases() -> list:
-    """Every shipped (dtype, config) of the forward kernel, both tables, as compile-ahead cases.
+    """Every shipped (dtype, config) of the forward kernel - every architecture's table, the
+    batch-invariant table - and every tuning candidate, as compile-ahead cases.
 
     The signature mirrors what Triton's launcher builds for the usual call (contiguous weight,
     ``hidden_states`` contiguous in its last dimension, 16-aligned allocations, H a multiple of
@@ -263,63 +489,86 @@ def inspection_cases() -> list:
     the divisibility hint. Compiled without them, the loads are scalar and register counts say
     nothing about the kernel that runs.
     """
-    from .inspection import TRITON_DTYPE, KernelCase
-
     cases = []
-    for table_name, tables in (("", POOLER_CONFIGS), (" batch-invariant", BATCH_INVARIANT_CONFIGS)):
-        for dtype, table in tables.items():
-            t = TRITON_DTYPE[dtype]
+    tables = [
+        (f" {arch}" if arch != "default" else "", arch, t) for arch, t in POOLER_TABLES.items()
+    ]
+    tables.append((" batch-invariant", "batch_invariant", BATCH_INVARIANT_CONFIGS))
+    for suffix, table_name, by_dtype in tables:
+        for dtype, table in by_dtype.items():
             previous = 0
             for max_m, cfg in table:
                 bucket = f"M<={max_m}" if max_m is not None else f"M>{previous}"
                 previous = max_m
-                cases.append(
-                    KernelCase(
-                        name=f"pooler_fwd {t} {bucket}{table_name}",
-                        kernel=pooler_fwd_kernel,
-                        signature={
-                            "x_ptr": f"*{t}",
-                            "w_ptr": f"*{t}",
-                            "b_ptr": f"*{t}",
-                            "out_ptr": f"*{t}",
-                            "M": "i32",
-                            "N": "i32",
-                            "K": "i32",
-                            "stride_xm": "i64",
-                            "stride_wn": "i32",
-                            "stride_b": "i32",
-                            "stride_om": "i32",
-                        },
-                        constexprs={
-                            "stride_xk": 1,
-                            "stride_wk": 1,
-                            "HAS_BIAS": True,
-                            "ACTIVATION": "tanh",
-                            "DOT_PRECISION": "ieee",
-                            "INTERPRETED_BF16": False,
-                            "BLOCK_M": cfg.block_m,
-                            "BLOCK_N": cfg.block_n,
-                            "BLOCK_K": cfg.block_k,
-                        },
-                        num_warps=cfg.num_warps,
-                        num_stages=cfg.num_stages,
-                        dtype=dtype,
-                        expects_tensor_cores=dtype != torch.float32,
-                        divisible_by_16=(
-                            "x_ptr",
-                            "w_ptr",
-                            "b_ptr",
-                            "out_ptr",
-                            "N",
-                            "K",
-                            "stride_xm",
-                            "stride_wn",
-                            "stride_om",
-                        ),
-                        tags={
-                            "table": "batch_invariant" if table_name else "default",
-                            "max_m": max_m,
-                        },
-                    )
-                )
+                name = f"pooler_fwd {DTYPE_NAMES[dtype]}{suffix} {bucket}"
+                if suffix == " batch-invariant":  # the name it has always had
+                    name = f"pooler_fwd {DTYPE_NAMES[dtype]} {bucket}{suffix}"
+                cases.append(_case(name, dtype, cfg, {"table": table_name, "max_m": max_m}))
+    for dtype, candidates in TUNE_CANDIDATES.items():
+        for lo, hi, cfg in candidates:
+            name = f"pooler_fwd_candidate {DTYPE_NAMES[dtype]} {config_label(cfg)}"
+            cases.append(_case(name, dtype, cfg, {"table": "candidate", "m_range": (lo, hi)}))
     return cases
+
+
+def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
+    from .inspection import TRITON_DTYPE, KernelCase
+
+    t = TRITON_DTYPE[dtype]
+    return KernelCase(
+        name=name,
+        kernel=pooler_fwd_kernel,
+        signature={
+            "x_ptr": f"*{t}",
+            "w_ptr": f"*{t}",
+            "b_ptr": f"*{t}",
+            "out_ptr": f"*{t}",
+            "ws_ptr": "*fp32",
+            "ticket_ptr": "*i32",
+            "M": "i32",
+            "N": "i32",
+            "K": "i32",
+            "stride_xm": "i64",
+            "stride_wn": "i32",
+            "stride_b": "i32",
+            "stride_om": "i32",
+        },
+        constexprs={
+            "stride_xk": 1,
+            "stride_wk": 1,
+            "HAS_BIAS": True,
+            "ACTIVATION": "tanh",
+            "DOT_PRECISION": "ieee",
+            "INTERPRETED_BF16": False,
+            "BLOCK_M": cfg.block_m,
+            "BLOCK_N": cfg.block_n,
+            "BLOCK_K": cfg.block_k,
+            "SPLIT_K": cfg.split_k,
+            "SWAP_AB": cfg.swap_ab,
+        },
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        dtype=dtype,
+        expects_tensor_cores=dtype != torch.float32,
+        divisible_by_16=(
+            "x_ptr",
+            "w_ptr",
+            "b_ptr",
+            "out_ptr",
+            "ws_ptr",
+            "ticket_ptr",
+            "N",
+            "K",
+            "stride_xm",
+            "stride_wn",
+            "stride_om",
+        ),
+        tags=dict(tags, wgmma_shape=wgmma_shaped(cfg)),
+    )
+
+
+def wgmma_shaped(cfg: TileConfig) -> bool:
+    """Whether sm_90 can lower the tile's dot to wgmma: the MMA's rows (BLOCK_M, or BLOCK_N under
+    SWAP_AB) a multiple of 64, and warps in whole warpgroups."""
+    rows = cfg.block_n if cfg.swap_ab else cfg.block_m
+    return rows % 64 == 0 and cfg.num_warps % 4 == 0

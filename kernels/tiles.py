@@ -11,6 +11,10 @@ class TileConfig(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
+    # Forward pooler only (other kernels leave the defaults): K split over this many programs per
+    # output tile, reduced in fixed order; and the swapped product W @ X^T (see kernels/pooler.py).
+    split_k: int = 1
+    swap_ab: bool = False
 
 
 # A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound

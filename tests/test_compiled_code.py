@@ -28,7 +28,7 @@ import sys
 
 import pytest
 
-GEMM_KERNELS = ("pooler_fwd", "pooler_bwd_dx", "pooler_bwd_dw", "classifier_head_fwd",
+GEMM_KERNELS = ("pooler_fwd", "pooler_fwd_candidate", "pooler_bwd_dx", "pooler_bwd_dw", "classifier_head_fwd",
                 "classifier_head_split")  # fmt: skip
 PACKED_SHIFT = re.compile(r"shl nuw[^\n]*<2 x i32>")
 WIDE_MUL = re.compile(r"mul\.wide\.u32\s+%rd\d+, %r\d+, (\d+);")

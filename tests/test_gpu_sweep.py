@@ -25,17 +25,24 @@ DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16
 
 
 def shipped_pooler_configs() -> list[tuple[torch.dtype, TileConfig, str]]:
-    """(dtype, config, name) of every forward configuration shipped, from the module itself."""
+    """(dtype, config, name) of every forward configuration shipped (every architecture's table
+    and the batch-invariant one), from the module itself. Tuning candidates are not shipped:
+    python -m bench.tune checks each on the GPU before it can enter a table."""
     seen, out = set(), []
     for case in pooler.inspection_cases():
+        if case.tags.get("table") == "candidate":
+            continue
         c = case.constexprs
-        cfg = TileConfig(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], case.num_warps, case.num_stages)
+        cfg = TileConfig(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], case.num_warps, case.num_stages,
+                         c["SPLIT_K"], c["SWAP_AB"])  # fmt: skip
         for dtype in (
             (torch.float16, torch.bfloat16) if case.dtype != torch.float32 else (torch.float32,)
         ):
             if (dtype, cfg) not in seen:
                 seen.add((dtype, cfg))
-                out.append((dtype, cfg, f"{DTYPE_IDS[dtype]}-{'x'.join(map(str, cfg))}"))
+                out.append((dtype, cfg, f"{DTYPE_IDS[dtype]}-{'x'.join(map(str, cfg[:5]))}"
+                            + (f"-k{cfg.split_k}" if cfg.split_k > 1 else "")
+                            + ("-swap" if cfg.swap_ab else "")))  # fmt: skip
     return out
 
 
@@ -188,8 +195,8 @@ def test_sweep_pooler_fwd_interpreter(args):
 
 
 def test_sweep_covers_every_shipped_config():
-    tables = {(d, cfg) for t in (pooler.POOLER_CONFIGS, pooler.BATCH_INVARIANT_CONFIGS)
-              for d, rows in t.items() for _, cfg in rows}  # fmt: skip
+    shipped = [*pooler.POOLER_TABLES.values(), pooler.BATCH_INVARIANT_CONFIGS]
+    tables = {(d, cfg) for t in shipped for d, rows in t.items() for _, cfg in rows}
     covered = {(d, cfg) for d, cfg, _ in shipped_pooler_configs()}
     assert tables == covered
 

@@ -1,0 +1,448 @@
+"""``python -m bench.tune``: measure the forward pooler's tile candidates on this GPU and write its
+tile table into ``kernels/pooler_tables.py``.
+
+For each dtype and each M of ``BATCHES`` (H = 768, S = 128 ``hidden_states``, so the rows the kernel
+reads are strided as in BERT), every candidate of ``kernels.pooler.TUNE_CANDIDATES`` whose M range
+covers that M, plus the table's current pick, is
+
+  1. checked against a float64 reference (twice, into NaN-filled outputs: an element left unwritten,
+     or a split-K ticket counter left non-zero by the first launch, fails the second); a wrong
+     candidate is reported loudly and never picked;
+  2. timed with ``harness.gpu_time`` (CUDA-graph replays) over rotated input sets so the weight is
+     cold in L2, as the benchmark times it.
+
+Eager ``tanh(nn.functional.linear(x, w, b))`` (what ``BertPooler`` runs) is timed at each M in the
+same run. The fastest correct candidate per M wins; adjacent M with the same winner merge into one
+bucket; the table of this GPU's architecture ("sm90" on an H100) is rewritten, the others kept.
+``--out DIR`` receives tune.json (every timing), tune.md (the summary) and a copy of the table.
+
+Compiling is most of the cost (~1-2 s per config and dtype): ``--compile-jobs`` worker processes
+compile every candidate first (each runs one tiny launch, which fills Triton's on-disk cache, so
+this process then loads instead of compiling). ``--budget-s`` bounds the run: with less than
+``RESERVE_S`` of it left, each remaining M measures only eager and the table's current pick.
+
+``--dry-run`` runs the same code path on a CPU through Triton's interpreter: three candidates, tiny
+sizes, wall-clock "timings" that mean nothing, and the table written under ``--out`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from bench import harness
+
+BATCHES = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+HIDDEN = 768
+SEQ = 128
+# float64-reference tolerance, relative Frobenius: two output roundings (tests/conftest.py REL_TOL)
+TOLERANCE = {"fp16": 2 * 2.0**-11, "bf16": 2 * 2.0**-8, "fp32": 2e-5}
+DRY_RUN = {"batches": (1, 8, 33), "hidden": 128, "seq": 3}
+# Seconds of --budget-s kept for what follows the candidates: the remaining M's eager and
+# current-table timings (~1 s each) and writing the results, so a run ends inside its budget.
+RESERVE_S = 20.0
+
+
+@dataclass
+class Measurement:
+    label: str
+    config: Optional[dict]  # None for eager
+    source: str  # "candidate", "current table", "eager"
+    rel_err: Optional[float] = None
+    status: str = "ok"  # "ok", "REJECTED: ...", "skipped: budget"
+    median_us: Optional[float] = None
+    min_us: Optional[float] = None
+    method: str = ""
+
+
+@dataclass
+class BucketResult:
+    dtype: str
+    m: int
+    rotated_sets: int
+    weight_l2_cold: bool
+    measurements: list[Measurement] = field(default_factory=list)
+    winner: Optional[str] = None
+
+
+class Inputs:
+    """``n`` input sets at one M: rows are token ``i % seq`` of one [M, seq, H] buffer (strided like
+    ``hidden_states[:, 0]``, distinct memory per set), each set with its own weight and bias."""
+
+    def __init__(self, m: int, hidden: int, seq: int, dtype: torch.dtype, device: str, n: int):
+        buf = torch.randn(m, seq, hidden, device=device).to(dtype)
+        self.sets = []
+        for i in range(n):
+            w = (torch.randn(hidden, hidden, device=device) * hidden**-0.5).to(dtype)
+            b = (torch.randn(hidden, device=device) * 0.1).to(dtype)
+            self.sets.append((buf[:, i % seq], w, b))
+
+    def reference(self, i: int = 0) -> torch.Tensor:
+        x, w, b = self.sets[i]
+        return torch.tanh(torch.addmm(b.double(), x.double(), w.double().t()))
+
+
+def check(call, inputs: Inputs, dtype_name: str) -> tuple[float, str]:
+    """(rel_err, status) of two calls into NaN-filled outputs against the float64 reference."""
+    ref = inputs.reference(0)
+    worst = 0.0
+    for _ in range(2):
+        out = torch.full(ref.shape, float("nan"), dtype=inputs.sets[0][0].dtype, device=ref.device)
+        call(0, out)
+        harness.sync()
+        if torch.isnan(out).any():
+            return math.inf, "REJECTED: NaN left in the output (unwritten elements)"
+        worst = max(worst, harness.rel_err(out, ref))
+    if worst > TOLERANCE[dtype_name]:
+        return worst, f"REJECTED: rel err {worst:.2e} > {TOLERANCE[dtype_name]:.1e}"
+    return worst, "ok"
+
+
+def time_call(call, n: int, dry_run: bool) -> harness.Timing:
+    if dry_run or not harness.HAS_CUDA:
+        return harness.wall_time(lambda i: call(i, None), n, iters=2, rounds=2)
+    return harness.gpu_time(lambda i: call(i, None), n, reps=15, min_calls=32)
+
+
+def candidates_at(m: int, dtype: torch.dtype, dry_run: bool) -> list:
+    from bertpool_fast.kernels.pooler import TUNE_CANDIDATES
+
+    if dry_run:  # one plain, one split-K, one swap-AB candidate: every kernel branch
+        picks = [c for _, _, c in TUNE_CANDIDATES[dtype]]
+        plain = next(c for c in picks if c.split_k == 1 and not c.swap_ab)
+        split = next(c for c in picks if c.split_k > 1 and not c.swap_ab)
+        swap = next((c for c in picks if c.swap_ab), None)
+        return [c for c in (plain, split, swap) if c is not None]
+    return [cfg for lo, hi, cfg in TUNE_CANDIDATES[dtype] if lo <= m <= hi]
+
+
+def _warm_one(job: tuple[str, tuple, int, int]) -> Optional[str]:
+    # In a worker process: one tiny launch of a config, which compiles it into Triton's on-disk
+    # cache with the specialization the sweep's calls will have (16-aligned, strided rows).
+    dtype_name, cfg_fields, hidden, seq = job
+    try:
+        from bertpool_fast.kernels.pooler import pooler_fwd
+        from bertpool_fast.kernels.tiles import TileConfig
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = harness.DTYPES_BY_NAME[dtype_name]
+        inputs = Inputs(2, hidden, seq, dtype, device, 1)
+        pooler_fwd(*inputs.sets[0], "tanh", config=TileConfig(*cfg_fields))
+        harness.sync()
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported by the parent, which compiles it itself
+        return f"{dtype_name} {cfg_fields}: {type(exc).__name__}: {exc}"
+
+
+def precompile(jobs: list[tuple[str, tuple, int, int]], workers: int) -> None:
+    """Compile every (dtype, config) in parallel worker processes; failures only cost time."""
+    if workers <= 0 or not jobs:
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    start = time.monotonic()
+    try:
+        # spawn: a forked child must not inherit this process's CUDA context
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+            failures = [f for f in pool.map(_warm_one, jobs) if f]
+    except Exception as exc:  # noqa: BLE001 - the sweep compiles whatever was not cached
+        print(f"precompile: worker pool failed ({type(exc).__name__}: {exc}); compiling inline",
+              file=sys.stderr)  # fmt: skip
+        return
+    for f in failures:
+        print(f"precompile: {f}", file=sys.stderr)
+    print(f"precompiled {len(jobs)} configs in {time.monotonic() - start:.1f} s "
+          f"({workers} workers, {len(failures)} failed)")  # fmt: skip
+
+
+def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budget: harness.Budget,
+          arch: str) -> list[BucketResult]:  # fmt: skip
+    import torch.nn.functional as F
+
+    from bertpool_fast.kernels.pooler import config_label, pick_config, pooler_fwd
+
+    device = "cuda" if harness.HAS_CUDA else "cpu"
+    results = []
+    for dtype_name in dtypes:
+        dtype = harness.DTYPES_BY_NAME[dtype_name]
+        for m in batches:
+            nbytes, _ = harness.pooler_traffic(m, hidden, hidden, dtype.itemsize)
+            n = 1 if dry_run else harness.rotation_count(nbytes, nbytes)
+            inputs = Inputs(m, hidden, seq, dtype, device, n)
+            sets = inputs.sets
+            bucket = BucketResult(dtype_name, m, n, harness.l2_cold(nbytes, n))
+            results.append(bucket)
+            with torch.inference_mode():
+                eager = Measurement("eager linear+tanh", None, "eager")
+                eager_call = lambda i, out, sets=sets: torch.tanh(F.linear(*sets[i]), out=out)  # noqa: E731
+                eager.rel_err, eager.status = check(eager_call, inputs, dtype_name)
+                _record(eager, time_call(eager_call, n, dry_run))
+                bucket.measurements.append(eager)
+
+                current = pick_config(m, dtype, False, arch)
+                configs = [(current, "current table")]
+                configs += [(c, "candidate") for c in candidates_at(m, dtype, dry_run)
+                            if c != current]  # fmt: skip
+                for cfg, source in configs:
+                    meas = Measurement(config_label(cfg), cfg._asdict(), source)
+                    bucket.measurements.append(meas)
+                    if source == "candidate" and budget.left() <= RESERVE_S:
+                        # the table's current pick and eager are still timed at every M
+                        meas.status = "skipped: budget"
+                        continue
+
+                    def call(i, out, cfg=cfg, sets=sets):
+                        return pooler_fwd(*sets[i], "tanh", out=out, config=cfg)
+
+                    try:
+                        meas.rel_err, meas.status = check(call, inputs, dtype_name)
+                        if meas.status == "ok":
+                            _record(meas, time_call(call, n, dry_run))
+                    except Exception as exc:  # noqa: BLE001 - one broken candidate is reported
+                        meas.status = f"REJECTED: {type(exc).__name__}: {exc}"[:300]
+                    if meas.status != "ok":
+                        print(f"!! {dtype_name} M={m} {meas.label}: {meas.status}", file=sys.stderr)
+                skipped = sum(x.status == "skipped: budget" for x in bucket.measurements)
+                if skipped:
+                    print(f"budget: {dtype_name} M={m}: {skipped} candidates not measured",
+                          file=sys.stderr)  # fmt: skip
+            timed = [x for x in bucket.measurements if x.config is not None and x.status == "ok"]
+            if timed:
+                bucket.winner = min(timed, key=lambda x: x.median_us).label
+    return results
+
+
+def _record(meas: Measurement, timing: harness.Timing) -> None:
+    meas.median_us, meas.min_us, meas.method = timing.median_us, timing.min_us, timing.method
+
+
+def build_table(buckets: list[BucketResult], fallback: tuple) -> tuple:
+    """Winners per measured M -> table rows; adjacent equal winners merge, the last bound None.
+    An M with no correct candidate keeps the fallback table's pick (never a rejected config)."""
+    from bertpool_fast.kernels.tiles import TileConfig, pick_tile
+
+    picks = []
+    for b in sorted(buckets, key=lambda b: b.m):
+        winner = next((x for x in b.measurements if x.label == b.winner and x.config), None)
+        picks.append((b.m, TileConfig(**winner.config) if winner else pick_tile(fallback, b.m)))
+    rows: list[list[Any]] = []
+    for m, cfg in picks:
+        if rows and rows[-1][1] == cfg:
+            rows[-1][0] = m
+        else:
+            rows.append([m, cfg])
+    rows[-1][0] = None
+    return tuple((m, cfg) for m, cfg in rows)
+
+
+def render_config(cfg) -> str:
+    extra = ""
+    if cfg.split_k != 1:
+        extra += f", split_k={cfg.split_k}"
+    if cfg.swap_ab:
+        extra += ", swap_ab=True"
+    return (f"T({cfg.block_m}, {cfg.block_n}, {cfg.block_k}, {cfg.num_warps}, "
+            f"{cfg.num_stages}{extra})")  # fmt: skip
+
+
+def render_module(tables: dict, provenance: dict, header: str) -> str:
+    """The source of kernels/pooler_tables.py for these tables (the same layout as the file)."""
+    import textwrap
+
+    lines = ['"""' + header.strip() + '\n"""', "", "from .tiles import TileConfig as T", ""]
+    lines.append("PROVENANCE = {")
+    for arch, text in provenance.items():
+        # one string literal per wrapped line, double-quoted: the layout ruff format keeps
+        parts = textwrap.wrap(text, 84) or [""]
+        parts = [p + " " for p in parts[:-1]] + parts[-1:]  # the spaces the wrap took
+        lines.append(
+            f"    {json.dumps(arch)}: " + "\n    ".join(json.dumps(p) for p in parts) + ","
+        )
+    lines += ["}", "", "TABLES = {"]
+    for arch, by_dtype in tables.items():
+        lines.append(f"    {json.dumps(arch)}: {{")
+        for dtype_name, rows in by_dtype.items():
+            lines.append(f"        {json.dumps(dtype_name)}: (")
+            for m, cfg in rows:
+                lines.append(f"            ({m!r}, {render_config(cfg)}),")
+            lines.append("        ),")
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_HEADER = """Forward-pooler tile tables, per GPU architecture, dtype and batch bucket: data, not code.
+
+Generated by ``python -m bench.tune``, which measures its candidates on the GPU it runs on and
+rewrites this file: it replaces the tables of that GPU's architecture and keeps the others as they
+were. ``PROVENANCE`` says, per architecture, where its tables came from (GPU, date, versions).
+Each table is ((largest M the row serves, config), ...), increasing, the last bound None.
+Architectures: "sm<major><minor>" of a compute capability ("sm90" = 9.0, exact match only) and
+"default" (every other GPU, and the CPU interpreter).
+"""
+
+
+def new_tables(buckets: list[BucketResult], arch: str, env: dict, hidden: int,
+               seq: int) -> tuple[dict, dict]:  # fmt: skip
+    """The tables module's (TABLES, PROVENANCE) with ``arch``'s measured dtypes replaced."""
+    from bertpool_fast.kernels import pooler_tables
+
+    tables = {a: dict(t) for a, t in pooler_tables.TABLES.items()}
+    provenance = dict(pooler_tables.PROVENANCE)
+    base = dict(tables.get(arch, tables["default"]))
+    tuned = sorted({b.dtype for b in buckets})
+    for dtype_name in tuned:
+        base[dtype_name] = build_table([b for b in buckets if b.dtype == dtype_name],
+                                       base[dtype_name])  # fmt: skip
+    tables[arch] = base
+    provenance[arch] = (
+        f"generated by python -m bench.tune on {env['device']}"
+        + (f" ({env['sms']} SMs)" if "sms" in env else "")
+        + ", "
+        f"{env['date']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+        f"driver {env['driver']}; H = {hidden}, S = {seq}; tuned {', '.join(tuned)}"
+        + ("" if set(tuned) >= set(base) else "; other dtypes kept from the previous table")
+    )
+    return tables, provenance
+
+
+def summary_markdown(buckets: list[BucketResult], env: dict, arch: str) -> str:
+    out = [f"# Pooler tile sweep: {env['device']} ({arch}), {env['date']}", "",
+           f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; GPU time per call "
+           "(us, median of CUDA-graph replays, weight cold in L2 where `cold`).", "",
+           "| dtype | M | eager | current table | best | best config | best / eager | cold |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for b in buckets:
+        by_source = {x.source: x for x in b.measurements}
+        eager, current = by_source.get("eager"), by_source.get("current table")
+        best = next((x for x in b.measurements if x.label == b.winner and x.config), None)
+        ratio = (f"{best.median_us / eager.median_us:.2f}"
+                 if best and eager and eager.median_us else "-")  # fmt: skip
+        out.append(f"| {b.dtype} | {b.m} | {_us(eager)} | {_us(current)} | {_us(best)} | "
+                   f"{best.label if best else 'none correct'} | {ratio} | "
+                   f"{'yes' if b.weight_l2_cold else 'no'} |")  # fmt: skip
+    out += ["", "## Every candidate", "", "| dtype | M | config | source | us | rel err | status |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for b in buckets:
+        for x in sorted(b.measurements, key=lambda x: x.median_us or math.inf):
+            err = f"{x.rel_err:.1e}" if x.rel_err is not None else "-"
+            out.append(f"| {b.dtype} | {b.m} | {x.label} | {x.source} | {_us(x)} | {err} | "
+                       f"{x.status} |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def _us(x: Optional[Measurement]) -> str:
+    return f"{x.median_us:.2f}" if x is not None and x.median_us is not None else "-"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tune", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", default=None, help="directory for tune.json, tune.md and a copy "
+                        "of the table (default: bench/results/tune-<gpu>-<date>)")  # fmt: skip
+    parser.add_argument("--dtypes", default="fp16,bf16", help="comma-separated (fp32 optional)")
+    parser.add_argument("--batches", default=None, help="comma-separated M values (default: "
+                        + ",".join(map(str, BATCHES)) + ")")  # fmt: skip
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="past this, remaining M measure only the current table's pick",
+    )
+    parser.add_argument("--compile-jobs", type=int, default=None,
+                        help="worker processes that compile candidates first (GPU default: 8; "
+                        "0: compile inline)")  # fmt: skip
+    parser.add_argument(
+        "--table-out",
+        "--table",
+        dest="table",
+        default=None,
+        help="write the table module here (default: "
+        "the imported kernels/pooler_tables.py; --dry-run: under --out only)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU code-path check: interpreter, 3 candidates, tiny sizes",
+    )
+    args = parser.parse_args(argv)
+
+    if not harness.HAS_CUDA and not args.dry_run:
+        print("error: python -m bench.tune times kernels on a GPU; on a CPU use --dry-run",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.dry_run and not harness.HAS_CUDA:
+        # before triton is imported (by bertpool_fast below): the kernels run through the interpreter
+        os.environ["TRITON_INTERPRET"] = "1"
+    from bertpool_fast.kernels.pooler import arch_key, pick_config
+
+    budget = harness.Budget(args.budget_s)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    unknown = [d for d in dtypes if d not in TOLERANCE]
+    if unknown:
+        parser.error(f"--dtypes: unknown {unknown}; known: {sorted(TOLERANCE)}")
+    batches = (tuple(int(b) for b in args.batches.split(",")) if args.batches
+               else DRY_RUN["batches"] if args.dry_run else BATCHES)  # fmt: skip
+    hidden, seq = (DRY_RUN["hidden"], DRY_RUN["seq"]) if args.dry_run else (HIDDEN, SEQ)
+    env = harness.environment()
+    # this GPU's own table, whether the file has one yet or not; the interpreter's is "default"
+    arch = arch_key(*torch.cuda.get_device_capability()) if harness.HAS_CUDA else "default"
+    out_dir = args.out or os.path.join("bench", "results", "tune-" + harness.results_dir_name(env))
+    os.makedirs(out_dir, exist_ok=True)
+
+    workers = args.compile_jobs if args.compile_jobs is not None else (0 if args.dry_run else 8)
+    if workers:
+        jobs = set()
+        for d in dtypes:
+            dtype = harness.DTYPES_BY_NAME[d]
+            for m in batches:
+                for cfg in [
+                    pick_config(m, dtype, False, arch),
+                    *candidates_at(m, dtype, args.dry_run),
+                ]:
+                    jobs.add((d, tuple(cfg), hidden, seq))
+        precompile(sorted(jobs), workers)
+
+    start = time.monotonic()
+    buckets = sweep(dtypes, batches, hidden, seq, args.dry_run, budget, arch)
+    tables, provenance = new_tables(buckets, arch, env, hidden, seq)
+    source = render_module(tables, provenance, TABLE_HEADER)
+    compile(source, "pooler_tables.py", "exec")  # a table that does not parse is never written
+    table_path = args.table
+    if table_path is None and not args.dry_run:
+        from bertpool_fast.kernels import pooler_tables
+
+        table_path = pooler_tables.__file__
+    for path in filter(None, (table_path, os.path.join(out_dir, "pooler_tables.py"))):
+        with open(path, "w") as f:
+            f.write(source)
+    with open(os.path.join(out_dir, "tune.json"), "w") as f:
+        json.dump({"env": env, "arch": arch, "dry_run": args.dry_run, "hidden": hidden, "seq": seq,
+                   "sweep_s": time.monotonic() - start,
+                   "buckets": [asdict(b) for b in buckets],
+                   "table": {d: [(m, cfg._asdict()) for m, cfg in rows]
+                             for d, rows in tables[arch].items()}}, f, indent=1)  # fmt: skip
+    summary = summary_markdown(buckets, env, arch)
+    with open(os.path.join(out_dir, "tune.md"), "w") as f:
+        f.write(summary)
+    print(f"\nswept in {time.monotonic() - start:.1f} s; table for {arch} written to "
+          f"{table_path or '(not written: --dry-run)'}; results in {out_dir}/\n")  # fmt: skip
+    print(summary.split("\n## ")[0])
+    if args.dry_run:
+        print("dry run: timings are interpreter wall times and mean nothing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

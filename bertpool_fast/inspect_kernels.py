@@ -319,7 +319,8 @@ def summary(results: list[InspectResult]) -> str:
         1 for r in results if not r.error and r.expects_tensor_cores and not r.tensor_cores
     )
     return (
-        f"{spilling} spills in {len(results)} configs ({failed} failed to compile, "
+        f"{spilling} spill{'' if spilling == 1 else 's'} in {len(results)} configs "
+        f"({failed} failed to compile, "
         f"{no_cores} without the tensor-core instructions they need)"
     )
 

@@ -53,9 +53,16 @@ def test_wheel_install_runs_the_kernel(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    # The new venv must see this interpreter's torch/triton/transformers, wherever they live: the
-    # base interpreter's site-packages, or a virtualenv's (which system_site_packages=True would
-    # miss). A .pth line appends a path after the venv's own site-packages and runs none of the
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", str(wheel)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    # Now the new venv must see this interpreter's torch/triton/transformers, wherever they live:
+    # the base interpreter's site-packages or a virtualenv's (system_site_packages=True would miss
+    # a virtualenv's). Not before the install: pip would find a bertpool_fast there and skip the
+    # wheel. A .pth line appends a path after the venv's own site-packages and runs none of the
     # .pth files there, so an editable install of the checkout in this interpreter stays invisible.
     site_dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
     own_site = subprocess.run(
@@ -65,12 +72,6 @@ def test_wheel_install_runs_the_kernel(tmp_path):
         text=True,
     ).stdout.strip()
     Path(own_site, "_outer_site.pth").write_text("\n".join(site_dirs) + "\n")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", str(wheel)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TRITON_INTERPRET"] = "1"
     result = subprocess.run(

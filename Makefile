@@ -1,5 +1,5 @@
 # Shortcuts for the commands the README documents.
-.PHONY: demo test lint format bench inspect
+.PHONY: demo test lint format bench inspect ci
 
 demo:
 	python -m bertpool_fast demo
@@ -19,3 +19,7 @@ bench:
 
 inspect:
 	python -m bertpool_fast inspect --strict
+
+# What CI runs: the README's commands in fresh virtualenvs, and the GPU machines' version set.
+ci:
+	bash .ci/run

@@ -311,9 +311,23 @@ def problems(results: list[InspectResult]) -> list[str]:
     return found
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def summary(results: list[InspectResult]) -> str:
+    """One line under the table, e.g. "0 spills in 82 configs (0 failed to compile, ...)"."""
+    spilling = sum(1 for r in results if not r.error and r.spills)
+    failed = sum(1 for r in results if r.error)
+    no_cores = sum(
+        1 for r in results if not r.error and r.expects_tensor_cores and not r.tensor_cores
+    )
+    return (
+        f"{spilling} spill{'' if spilling == 1 else 's'} in {len(results)} configs "
+        f"({failed} failed to compile, "
+        f"{no_cores} without the tensor-core instructions they need)"
+    )
+
+
+def main(argv: Optional[list[str]] = None, prog: str = "python -m bertpool_fast inspect") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bertpool_fast inspect",
+        prog=prog,
         description="Compile every shipped kernel configuration for a GPU target (no GPU needed) "
         "and print registers, spills, shared memory, warps/stages and tensor-core use.",
     )
@@ -369,6 +383,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         print(f"triton {triton.__version__}; {len(cases)} configurations x {', '.join(archs)}")
         print(format_table(results))
+        print(summary(results))
     failed = [r for r in results if r.error]
     issues = problems(results)
     if issues and not args.json:

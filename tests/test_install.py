@@ -1,5 +1,6 @@
 """A built wheel, installed without the source tree, carries and runs the kernels."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = r"""
 import os, sys
 import bertpool_fast, bertpool_fast.kernels as k
-assert "site-packages" in bertpool_fast.__file__, bertpool_fast.__file__
-assert "site-packages" in k.__file__, k.__file__
+# from this venv's own site-packages, files not links into the checkout
+for f in (bertpool_fast.__file__, os.path.realpath(k.__file__)):
+    assert f.startswith(sys.prefix) and "site-packages" in f, f
 import torch
 h = torch.randn(2, 3, 40); w = torch.randn(24, 40); b = torch.randn(24)
 y = bertpool_fast.fused_pooler(h, w, b, backend="triton")
@@ -28,6 +30,9 @@ print("kernel from", k.__file__, "rel err", err)
 @pytest.mark.slow
 def test_wheel_install_runs_the_kernel(tmp_path):
     wheel_dir = tmp_path / "wheels"
+    # Build with this interpreter's setuptools when it has one (offline, fast); an interpreter
+    # without it (a bare venv on Python 3.12+) builds in isolation like any other pip install.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     subprocess.run(
         [
             sys.executable,
@@ -35,7 +40,7 @@ def test_wheel_install_runs_the_kernel(tmp_path):
             "pip",
             "wheel",
             "--no-deps",
-            "--no-build-isolation",
+            *isolation,
             "-w",
             str(wheel_dir),
             str(ROOT),
@@ -46,8 +51,7 @@ def test_wheel_install_runs_the_kernel(tmp_path):
     )
     (wheel,) = wheel_dir.glob("bertpool_fast-*.whl")
     env_dir = tmp_path / "venv"
-    # The venv sees this interpreter's torch/triton/transformers but not the source tree.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", str(wheel)],
@@ -55,6 +59,19 @@ def test_wheel_install_runs_the_kernel(tmp_path):
         capture_output=True,
         text=True,
     )
+    # Now the new venv must see this interpreter's torch/triton/transformers, wherever they live:
+    # the base interpreter's site-packages or a virtualenv's (system_site_packages=True would miss
+    # a virtualenv's). Not before the install: pip would find a bertpool_fast there and skip the
+    # wheel. A .pth line appends a path after the venv's own site-packages and runs none of the
+    # .pth files there, so an editable install of the checkout in this interpreter stays invisible.
+    site_dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    own_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(own_site, "_outer_site.pth").write_text("\n".join(site_dirs) + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TRITON_INTERPRET"] = "1"
     result = subprocess.run(

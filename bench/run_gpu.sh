@@ -45,7 +45,10 @@ if [ "$DRY_RUN" = 1 ]; then
     SLOW=${DRY_RUN_SLOWDOWN:-5}
     RESULTS=$(mktemp -d /tmp/bertpool_bench.XXXXXX)
     say "dry run: a throwaway virtualenv in $RESULTS/venv sees $PY's packages"
-    "$PY" -m venv --system-site-packages --without-pip "$RESULTS/venv" || { echo "error: cannot create a virtualenv" >&2; exit 1; }
+    "$PY" -m venv --without-pip "$RESULTS/venv" || { echo "error: cannot create a virtualenv" >&2; exit 1; }
+    # $PY's own site-packages (a venv's, not only the base interpreter's) through a .pth: torch,
+    # triton and pip are found there, and the checkout installed below lands in the throwaway venv
+    "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' > "$("$RESULTS/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/outer_site.pth"
     PY="$RESULTS/venv/bin/python"
     export TRITON_INTERPRET=1
 else
@@ -112,7 +115,12 @@ else
     say "no timed records (dry run or nothing finished): no report"
 fi
 # The forward pooler's configs only: the full table (every kernel) takes minutes to compile.
-timeout $(( 45 * SLOW )) "$PY" -m bertpool_fast inspect --kernel pooler > "$RESULTS/inspect.txt" 2>&1 || say "inspect did not finish in $(( 45 * SLOW )) s (see $RESULTS/inspect.txt)"
+# Inspection compiles for a GPU target, never through the interpreter; a dry run compiles one
+# dtype's sm_90 pooler configs only (the suite's test_inspect compiles them all).
+INSPECT_ARGS=(--kernel pooler)
+if [ "$DRY_RUN" = 1 ]; then INSPECT_ARGS=(--kernel "pooler_fwd fp16" --arch sm_90); fi
+timeout $(( 45 * SLOW )) env -u TRITON_INTERPRET "$PY" -m bertpool_fast inspect "${INSPECT_ARGS[@]}" > "$RESULTS/inspect.txt" 2>&1 || say "inspect failed or did not finish in $(( 45 * SLOW )) s (see $RESULTS/inspect.txt)"
+tail -n 1 "$RESULTS/inspect.txt"
 
 say "done in $(( $(date +%s) - START ))s; tune rc=$TUNE_RC, GPU tests rc=$TESTS_RC, benchmark rc=$BENCH_RC"
 if [ "$DRY_RUN" != 1 ]; then

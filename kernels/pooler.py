@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .activations import apply_activation
+from .launch import CachedLaunch, cdiv
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
 from .tiles import TileConfig, pick_tile
@@ -179,6 +180,9 @@ def pooler_fwd_kernel(
     )
 
 
+_launch_pooler_fwd = CachedLaunch(pooler_fwd_kernel)
+
+
 def fp32_dot_precision() -> str:
     """fp32 GEMMs follow torch's own switch for cuBLAS, as nn.Linear does: "ieee" or "tf32".
 
@@ -218,31 +222,36 @@ def pooler_fwd(
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
     config = pick_config(m, dtype, batch_invariant)
-    grid = (triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m))
+    grid = (cdiv(n, config.block_n), cdiv(m, config.block_m))
     with device_of(x):
-        pooler_fwd_kernel[grid](
-            x,
-            weight,
-            bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
-            out,
-            m,
-            n,
-            k,
-            x.stride(0),
-            x.stride(-1),
-            weight.stride(0),
-            weight.stride(1),
-            bias.stride(0) if bias is not None else 0,
-            out.stride(0),
-            HAS_BIAS=bias is not None,
-            ACTIVATION=activation,
-            DOT_PRECISION=fp32_dot_precision() if dtype == torch.float32 else "ieee",
-            UPCAST_OPERANDS=interpreter_enabled() and dtype == torch.bfloat16,
-            BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n,
-            BLOCK_K=config.block_k,
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
+        _launch_pooler_fwd(
+            grid,
+            (
+                x,
+                weight,
+                weight if bias is None else bias,  # any valid pointer; unread without HAS_BIAS
+                out,
+                m,
+                n,
+                k,
+                x.stride(0),
+                x.stride(-1),
+                weight.stride(0),
+                weight.stride(1),
+                bias.stride(0) if bias is not None else 0,
+                out.stride(0),
+            ),
+            (
+                bias is not None,  # HAS_BIAS
+                activation,
+                fp32_dot_precision() if dtype == torch.float32 else "ieee",  # DOT_PRECISION
+                interpreter_enabled() and dtype == torch.bfloat16,  # UPCAST_OPERANDS
+                config.block_m,
+                config.block_n,
+                config.block_k,
+            ),
+            config.num_warps,
+            config.num_stages,
         )
     return out
 

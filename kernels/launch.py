@@ -19,8 +19,9 @@ kernel never runs with arguments it was not compiled for (``triton/runtime/jit.p
 * the constexpr values (with their types: ``True`` and ``1`` hash alike but compile apart),
   num_warps, num_stages, and the current CUDA device.
 
-Anything else (an argument of another kind, launch hooks set by a profiler, pre-run hooks, a triton
-whose launcher signature is not one this file knows, the interpreter) takes the plain
+Anything else (an argument of another kind, launch hooks set by a profiler, pre-run hooks, a changed
+module global that the kernel reads, a triton whose launcher signature is not one this file knows,
+the interpreter) takes the plain
 ``kernel[grid](...)`` path. Triton's process-wide compile switches (``TRITON_DEBUG``,
 instrumentation) are read when a specialization is first cached; call ``clear_launch_caches()``
 after changing them at run time.
@@ -37,6 +38,7 @@ import torch
 
 from .runtime import interpreter_enabled
 
+_MISSING = object()
 _I32_MIN = -(1 << 31)
 _I32_MAX = (1 << 31) - 1
 _FLOAT = "fp32"
@@ -195,6 +197,7 @@ class CachedLaunch:
         if readers is not None:
             self.current_device, self.current_stream = readers
         self.entries: dict = {}
+        self.used_globals: tuple = ()
         _ALL_CACHES.append(self)
 
     def plain(self, grid, args: tuple, constexprs: tuple, num_warps: int, num_stages: int):
@@ -220,6 +223,10 @@ class CachedLaunch:
         entry = self.entries.get(key)
         if entry is None:
             return self._miss(key, grid, args, constexprs, num_warps, num_stages)
+        # Triton refuses a kernel whose module globals changed since it compiled; so does this
+        for namespace, name, value in self.used_globals:
+            if namespace.get(name, _MISSING) is not value:
+                return self.plain(grid, args, constexprs, num_warps, num_stages)
         n = len(grid)
         try:
             entry[0](grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
@@ -235,10 +242,14 @@ class CachedLaunch:
         if len(args) != self.num_args or len(constexprs) != self.num_constexprs:
             return compiled
         try:
-            entry = (compiled.run, compiled.function, compiled.packed_metadata)
+            # the compiled kernel itself is kept too: its module is unloaded when it is collected
+            # (CompiledKernel.__del__), e.g. after Triton's own cache drops it
+            entry = (compiled.run, compiled.function, compiled.packed_metadata, compiled)
         except AttributeError:
             return compiled
         if entry[1] is not None:
+            used = getattr(self.kernel, "used_global_vals", {})
+            self.used_globals = tuple((ns, name, v) for (name, _), (v, ns) in used.items())
             self.entries[key] = entry
         return compiled
 

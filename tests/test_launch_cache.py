@@ -158,6 +158,28 @@ def test_generated_key_agrees_with_spec():
         assert key(0, 4, 3, ("tanh", 64), (a,)) == (0, 4, 3, ("tanh", 64), str, int, _spec(a)), a
 
 
+GLOBAL_EPS = 1e-6
+
+
+def test_changed_kernel_global_takes_the_plain_path(cache, monkeypatch):
+    # Triton raises when a global the kernel read at compile time has changed; the cache must not
+    # quietly launch the kernel compiled with the old value
+    cache.kernel.used_global_vals = {("GLOBAL_EPS", id(globals())): (GLOBAL_EPS, globals())}
+    _call(cache)
+    _call(cache)
+    assert len(cache.kernel.plain) == 1
+    monkeypatch.setitem(globals(), "GLOBAL_EPS", 1e-3)
+    _call(cache)
+    assert len(cache.kernel.plain) == 2
+
+
+def test_the_compiled_kernel_is_kept_alive(cache):
+    # its module is unloaded when it is collected: the entry must hold it, not only its handles
+    _call(cache)
+    (entry,) = cache.entries.values()
+    assert cache.kernel.compiled in entry
+
+
 def test_unsupported_argument_kind_takes_the_plain_path(cache):
     args = (*_args()[:3], (1, 2))  # a tuple argument: not a kind the key knows
     _call(cache, args)

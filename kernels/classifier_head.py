@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import CachedLaunch, cdiv
 from .pooler import fp32_dot_precision, pooled_tile
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
@@ -109,6 +110,7 @@ def pick_head_config(m: int, dtype: torch.dtype) -> HeadConfig:
     return pick_tile(HEAD_CONFIGS[dtype], m)
 
 
+@functools.cache  # num_labels <= MAX_LABELS; triton.next_power_of_2 is slow on the host
 def block_l_for(num_labels: int) -> int:
     return max(MIN_BLOCK_L, triton.next_power_of_2(num_labels))
 
@@ -311,6 +313,11 @@ def classifier_head_reduce_kernel(
                  INTERPRETED_BF16)  # fmt: skip
 
 
+_launch_head_fwd = CachedLaunch(classifier_head_fwd_kernel)
+_launch_head_split = CachedLaunch(classifier_head_split_kernel)
+_launch_head_reduce = CachedLaunch(classifier_head_reduce_kernel)
+
+
 def classifier_head_fwd(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -357,34 +364,37 @@ def classifier_head_fwd(
     b2_arg = b2 if has_b2 else w2
     with device_of(x):
         if not config.split_n or n == 0:
-            classifier_head_fwd_kernel[(triton.cdiv(m, config.block_m),)](
-                x, w1, b1_arg, w2, b2_arg, out, m, n, k, n_labels,
-                x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
-                w2.stride(0), w2.stride(1), stride_b2, out.stride(0),
-                HAS_BIAS1=has_b1, HAS_BIAS2=has_b2, ACTIVATION=activation,
-                DOT_PRECISION=dot_precision, INTERPRETED_BF16=interpreted_bf16,
-                BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                BLOCK_L=block_l, num_warps=config.num_warps, num_stages=config.num_stages,
+            _launch_head_fwd(
+                (cdiv(m, config.block_m),),
+                (x, w1, b1_arg, w2, b2_arg, out, m, n, k, n_labels,
+                 x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
+                 w2.stride(0), w2.stride(1), stride_b2, out.stride(0)),
+                # HAS_BIAS1, HAS_BIAS2, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M/N/K/L
+                (has_b1, has_b2, activation, dot_precision, interpreted_bf16,
+                 config.block_m, config.block_n, config.block_k, block_l),
+                config.num_warps, config.num_stages,
             )  # fmt: skip
             return out
-        num_chunks = triton.cdiv(n, config.block_n)
+        num_chunks = cdiv(n, config.block_n)
         # every element is written by the split grid, which covers all (chunk, row, label)
         partial = torch.empty((num_chunks, m, n_labels), dtype=torch.float32, device=x.device)
-        classifier_head_split_kernel[(num_chunks, triton.cdiv(m, config.block_m))](
-            x, w1, b1_arg, w2, partial, m, n, k, n_labels,
-            x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
-            w2.stride(0), w2.stride(1),
-            HAS_BIAS1=has_b1, ACTIVATION=activation,
-            DOT_PRECISION=dot_precision, INTERPRETED_BF16=interpreted_bf16,
-            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-            BLOCK_L=block_l, num_warps=config.num_warps, num_stages=config.num_stages,
+        _launch_head_split(
+            (num_chunks, cdiv(m, config.block_m)),
+            (x, w1, b1_arg, w2, partial, m, n, k, n_labels,
+             x.stride(0), x.stride(-1), w1.stride(0), w1.stride(1), stride_b1,
+             w2.stride(0), w2.stride(1)),
+            # HAS_BIAS1, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M/N/K/L
+            (has_b1, activation, dot_precision, interpreted_bf16,
+             config.block_m, config.block_n, config.block_k, block_l),
+            config.num_warps, config.num_stages,
         )  # fmt: skip
         reduce_block_m = min(config.block_m, REDUCE_MAX_BLOCK_M)
-        classifier_head_reduce_kernel[(triton.cdiv(m, reduce_block_m),)](
-            partial, b2_arg, out, m, n_labels, num_chunks, stride_b2, out.stride(0),
-            HAS_BIAS2=has_b2, INTERPRETED_BF16=interpreted_bf16,
-            BLOCK_M=reduce_block_m, BLOCK_L=block_l,
-            num_warps=REDUCE_NUM_WARPS, num_stages=REDUCE_NUM_STAGES,
+        _launch_head_reduce(
+            (cdiv(m, reduce_block_m),),
+            (partial, b2_arg, out, m, n_labels, num_chunks, stride_b2, out.stride(0)),
+            # HAS_BIAS2, INTERPRETED_BF16, BLOCK_M, BLOCK_L
+            (has_b2, interpreted_bf16, reduce_block_m, block_l),
+            REDUCE_NUM_WARPS, REDUCE_NUM_STAGES,
         )  # fmt: skip
     return out
 

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import CachedLaunch, cdiv
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
 from .tiles import pick_tile
@@ -274,6 +275,12 @@ def l2_normalize_kernel(
 
 NORMALIZE_BLOCK_H = 1024
 
+# Neither kernel pipelines a loop worth staging; Triton's default, passed explicitly because the
+# launch cache keys on it.
+NUM_STAGES = 3
+_launch_masked_pool = CachedLaunch(masked_pool_fwd_kernel)
+_launch_l2_normalize_kernel = CachedLaunch(l2_normalize_kernel)
+
 
 def _interpreted_bf16(dtype: torch.dtype) -> bool:
     return interpreter_enabled() and dtype == torch.bfloat16
@@ -315,29 +322,18 @@ def masked_pool_fwd(
     has_mask = mask is not None
     m = _mask_view(mask) if has_mask else x  # any valid pointer; never read without HAS_MASK
     # (row, H block) folded into axis 0: CUDA caps axes 1 and 2 at 65535, and B can pass that
-    grid = (b * triton.cdiv(h, config.block_h),)
+    grid = (b * cdiv(h, config.block_h),)
     with device_of(x):
-        masked_pool_fwd_kernel[grid](
-            x,
-            m,
-            target,
-            s,
-            h,
-            x.stride(0),
-            x.stride(1),
-            x.stride(2),
-            m.stride(0) if has_mask else 0,
-            m.stride(1) if has_mask else 0,
-            target.stride(0),
-            MODE=mode,
-            HAS_MASK=has_mask,
-            NORMALIZE=normalize and whole_row,
-            ZERO_EMPTY_MAX=normalize,
-            INTERPRETED_BF16=_interpreted_bf16(target.dtype),
-            BLOCK_S=config.block_s,
-            BLOCK_H=config.block_h,
-            num_warps=config.num_warps,
-        )
+        _launch_masked_pool(
+            grid,
+            (x, m, target, s, h, x.stride(0), x.stride(1), x.stride(2),
+             m.stride(0) if has_mask else 0, m.stride(1) if has_mask else 0, target.stride(0)),
+            # MODE, HAS_MASK, NORMALIZE, ZERO_EMPTY_MAX, INTERPRETED_BF16, BLOCK_S, BLOCK_H
+            (mode, has_mask, normalize and whole_row, normalize,
+             _interpreted_bf16(target.dtype), config.block_s, config.block_h),
+            config.num_warps,
+            NUM_STAGES,
+        )  # fmt: skip
         if split_normalize:
             _launch_l2_normalize(target, out)
     return out
@@ -345,9 +341,12 @@ def masked_pool_fwd(
 
 def _launch_l2_normalize(x: torch.Tensor, out: torch.Tensor) -> None:
     # one program per row: B on axis 0, whose limit (2^31 - 1) no batch reaches
-    l2_normalize_kernel[(x.shape[0],)](
-        x, out, x.shape[1], x.stride(0), x.stride(1), out.stride(0),
-        INTERPRETED_BF16=_interpreted_bf16(out.dtype), BLOCK_H=NORMALIZE_BLOCK_H, num_warps=4,
+    _launch_l2_normalize_kernel(
+        (x.shape[0],),
+        (x, out, x.shape[1], x.stride(0), x.stride(1), out.stride(0)),
+        (_interpreted_bf16(out.dtype), NORMALIZE_BLOCK_H),  # INTERPRETED_BF16, BLOCK_H
+        4,
+        NUM_STAGES,
     )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from . import pooler_tables as _pooler_tables
 from .activations import apply_activation
+from .launch import CachedLaunch, cdiv
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
 from .tiles import TileConfig, pick_tile
@@ -296,6 +297,9 @@ def pooler_fwd_kernel(
             tl.atomic_xchg(p_ticket, 0)
 
 
+_launch_pooler_fwd = CachedLaunch(pooler_fwd_kernel)
+
+
 def fp32_dot_precision() -> str:
     """fp32 GEMMs follow torch's own switch for cuBLAS, as nn.Linear does: "ieee" or "tf32".
 
@@ -378,41 +382,46 @@ def pooler_fwd(
         config = pick_config(m, dtype, batch_invariant, table_arch(x.device))
     else:
         check_config(config)
-    grid_n, grid_m = triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m)
+    grid_n, grid_m = cdiv(n, config.block_n), cdiv(m, config.block_m)
     # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
-    split_k = max(1, min(config.split_k, triton.cdiv(k, config.block_k)))
+    split_k = max(1, min(config.split_k, cdiv(k, config.block_k)))
     if split_k > 1:
         ws, tickets = split_k_scratch(x.device, split_k * m * n, grid_n * grid_m)
     else:
         ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
     with device_of(x):
-        pooler_fwd_kernel[(grid_n, grid_m, split_k)](
-            x,
-            weight,
-            bias if bias is not None else weight,  # any valid pointer; never read without HAS_BIAS
-            out,
-            ws,
-            tickets,
-            m,
-            n,
-            k,
-            x.stride(0),
-            x.stride(-1),
-            weight.stride(0),
-            weight.stride(1),
-            bias.stride(0) if bias is not None else 0,
-            out.stride(0),
-            HAS_BIAS=bias is not None,
-            ACTIVATION=activation,
-            DOT_PRECISION=fp32_dot_precision() if dtype == torch.float32 else "ieee",
-            INTERPRETED_BF16=interpreter_enabled() and dtype == torch.bfloat16,
-            BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n,
-            BLOCK_K=config.block_k,
-            SPLIT_K=split_k,
-            SWAP_AB=config.swap_ab,
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
+        _launch_pooler_fwd(
+            (grid_n, grid_m, split_k),
+            (
+                x,
+                weight,
+                weight if bias is None else bias,  # any valid pointer; unread without HAS_BIAS
+                out,
+                ws,
+                tickets,
+                m,
+                n,
+                k,
+                x.stride(0),
+                x.stride(-1),
+                weight.stride(0),
+                weight.stride(1),
+                bias.stride(0) if bias is not None else 0,
+                out.stride(0),
+            ),
+            (
+                bias is not None,  # HAS_BIAS
+                activation,
+                fp32_dot_precision() if dtype == torch.float32 else "ieee",  # DOT_PRECISION
+                interpreter_enabled() and dtype == torch.bfloat16,  # INTERPRETED_BF16
+                config.block_m,
+                config.block_n,
+                config.block_k,
+                split_k,
+                config.swap_ab,
+            ),
+            config.num_warps,
+            config.num_stages,
         )
     return out
 

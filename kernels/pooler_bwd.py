@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from .activations import activation_grad
+from .launch import CachedLaunch, cdiv
 from .pooler import fp32_dot_precision
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
@@ -232,11 +233,16 @@ def pooler_bwd_dw_kernel(
             tl.store(db_ptr + o_n * stride_db, b_db, mask=m_n)
 
 
-def _launch_flags(dtype: torch.dtype) -> dict:
-    return {
-        "DOT_PRECISION": fp32_dot_precision() if dtype == torch.float32 else "ieee",
-        "INTERPRETED_BF16": interpreter_enabled() and dtype == torch.bfloat16,
-    }
+def _launch_flags(dtype: torch.dtype) -> tuple[str, bool]:
+    """(DOT_PRECISION, INTERPRETED_BF16) for both backward kernels."""
+    return (
+        fp32_dot_precision() if dtype == torch.float32 else "ieee",
+        interpreter_enabled() and dtype == torch.bfloat16,
+    )
+
+
+_launch_dx = CachedLaunch(pooler_bwd_dx_kernel)
+_launch_dw = CachedLaunch(pooler_bwd_dw_kernel)
 
 
 def pooler_bwd_dx(
@@ -259,32 +265,18 @@ def pooler_bwd_dx(
         return out
     # n == 0 needs no special case: the N loop runs zero times and dX is zero
     cfg = config if config is not None else pick_dx_config(m, weight.dtype)
-    grid = (triton.cdiv(k, cfg.block_k), triton.cdiv(m, cfg.block_m))
+    grid = (cdiv(k, cfg.block_k), cdiv(m, cfg.block_m))
     with device_of(weight):
-        pooler_bwd_dx_kernel[grid](
-            grad_out,
-            y,
-            weight,
-            out,
-            m,
-            n,
-            k,
-            grad_out.stride(0),
-            grad_out.stride(1),
-            y.stride(0),
-            y.stride(1),
-            weight.stride(0),
-            weight.stride(1),
-            out.stride(0),
-            out.stride(1),
-            ACTIVATION=activation,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-            **_launch_flags(weight.dtype),
-        )
+        _launch_dx(
+            grid,
+            (grad_out, y, weight, out, m, n, k, grad_out.stride(0), grad_out.stride(1),
+             y.stride(0), y.stride(1), weight.stride(0), weight.stride(1),
+             out.stride(0), out.stride(1)),
+            # ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M, BLOCK_N, BLOCK_K
+            (activation, *_launch_flags(weight.dtype), cfg.block_m, cfg.block_n, cfg.block_k),
+            cfg.num_warps,
+            cfg.num_stages,
+        )  # fmt: skip
     return out
 
 
@@ -325,37 +317,36 @@ def pooler_bwd_dw(
         return (dw.zero_() if dw is not None else None), (db.zero_() if db is not None else None)
     cfg = config if config is not None else pick_dw_config(m, dtype)
     # without dW only one K tile is needed, the one that stores db
-    k_tiles = triton.cdiv(k, cfg.block_k) if need_weight else 1
-    grid = (triton.cdiv(n, cfg.block_n), max(k_tiles, 1))
+    k_tiles = cdiv(k, cfg.block_k) if need_weight else 1
+    grid = (cdiv(n, cfg.block_n), max(k_tiles, 1))
     with device_of(grad_out):
-        pooler_bwd_dw_kernel[grid](
-            grad_out,
-            y,
-            x_cls,
-            dw if dw is not None else x_cls,  # any valid pointer; never touched without HAS_DW
-            db if db is not None else x_cls,  # likewise without HAS_DB
-            m,
-            n,
-            k,
-            grad_out.stride(0),
-            grad_out.stride(1),
-            y.stride(0),
-            y.stride(1),
-            x_cls.stride(0),
-            x_cls.stride(1),
-            dw.stride(0) if dw is not None else 0,
-            dw.stride(1) if dw is not None else 0,
-            db.stride(0) if db is not None else 0,
-            ACTIVATION=activation,
-            HAS_DW=need_weight,
-            HAS_DB=need_bias,
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-            **_launch_flags(dtype),
-        )
+        _launch_dw(
+            grid,
+            (
+                grad_out,
+                y,
+                x_cls,
+                dw if dw is not None else x_cls,  # any valid pointer; never touched without HAS_DW
+                db if db is not None else x_cls,  # likewise without HAS_DB
+                m,
+                n,
+                k,
+                grad_out.stride(0),
+                grad_out.stride(1),
+                y.stride(0),
+                y.stride(1),
+                x_cls.stride(0),
+                x_cls.stride(1),
+                dw.stride(0) if dw is not None else 0,
+                dw.stride(1) if dw is not None else 0,
+                db.stride(0) if db is not None else 0,
+            ),
+            # ACTIVATION, HAS_DW, HAS_DB, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M, BLOCK_N, BLOCK_K
+            (activation, need_weight, need_bias, *_launch_flags(dtype),
+             cfg.block_m, cfg.block_n, cfg.block_k),
+            cfg.num_warps,
+            cfg.num_stages,
+        )  # fmt: skip
     return dw, db
 
 

@@ -286,8 +286,9 @@ def test_grid_keeps_batch_off_the_capped_axes(monkeypatch):
             grids.append(grid)
             return lambda *args, **kwargs: None
 
-    monkeypatch.setattr(kmp, "masked_pool_fwd_kernel", Recorder())
-    monkeypatch.setattr(kmp, "l2_normalize_kernel", Recorder())
+    # the launchers reach the kernels through their launch caches
+    monkeypatch.setattr(kmp._launch_masked_pool, "kernel", Recorder())
+    monkeypatch.setattr(kmp._launch_l2_normalize_kernel, "kernel", Recorder())
     b = 70_000
     for h, normalize in ((768, False), (5000, True)):  # the second launches l2_normalize too
         x = torch.empty(b, 2, h, device="meta", dtype=torch.float16)

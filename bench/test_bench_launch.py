@@ -1,0 +1,295 @@
+"""Per-call cost of a launch: the fused pooler's Python path against eager, and the launch cache.
+
+Three parts, one run:
+* wall time per call (a Python loop, one synchronize) of ``FastBertPooler``, ``fused_pooler``,
+  eager ``BertPooler``, ``addmm`` + ``tanh``, and an empty Triton kernel launched through
+  ``kernel[grid](...)`` and through ``CachedLaunch``: B in {1, 32, 512, 8192}, fp16 / bf16, H = 768.
+  Per-call wall time is what a user's inference loop pays; at these sizes it is host-bound.
+* host-only time of ``pooler_fwd`` up to the driver's launch, with the compiled kernel's launcher
+  replaced by a no-op stand-in and Triton's driver by a stand-in that names an sm_90 target: Triton's
+  own ``JITFunction.run`` against the cache. It needs no GPU, so it is measured on CPU machines too
+  (label such figures "CPU host-time"); it also checks that both paths hand the launcher the very
+  same arguments.
+* BERT-base forward (random weights, S = 128, B = 8), eager against patched, timed interleaved
+  (A, B, A, B, ...) so order effects cancel; reported as a ratio, expected ~1.00.
+
+On a CPU with the benchmark disabled (CI) every case runs once, untimed, on a tiny subset, and
+checks its output. On a GPU the whole file takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from bench import harness
+from bench.conftest import benchmark_enabled
+
+H = 768
+SEQ = 128
+CONTESTANTS = ("fast_bert_pooler", "fused_pooler", "eager", "addmm_tanh", "empty_jit",
+               "empty_cached")  # fmt: skip
+AGREEMENT = {"fp16": 4e-3, "bf16": 3e-2, "fp32": 1e-4}
+
+
+def _grid() -> list[tuple[str, int, int, str]]:
+    if not harness.HAS_CUDA:
+        # the interpreter runs the kernels: a small H and two batches check every code path
+        return [("bf16", 64, b, c) for b in (1, 8) for c in CONTESTANTS]
+    return [(d, H, b, c) for d in ("fp16", "bf16") for b in (1, 32, 512, 8192) for c in CONTESTANTS]
+
+
+GRID = _grid()
+
+
+@triton.jit
+def empty_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    pass
+
+
+def _bert_pooler(hidden: int, w: torch.Tensor, b: torch.Tensor):
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertPooler
+
+    pooler = BertPooler(BertConfig(hidden_size=hidden)).to(device=w.device, dtype=w.dtype).eval()
+    pooler.dense.weight = torch.nn.Parameter(w, requires_grad=False)
+    pooler.dense.bias = torch.nn.Parameter(b, requires_grad=False)
+    return pooler
+
+
+def make_call(contestant: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor):
+    """``call(i)`` as inference code would make it; ``i`` is unused (one input set)."""
+    from bertpool_fast import FastBertPooler, fused_pooler
+    from bertpool_fast.kernels.launch import CachedLaunch
+
+    if contestant == "eager":
+        pooler = _bert_pooler(h.shape[-1], w, b)
+        return lambda i: pooler(h)
+    if contestant == "fast_bert_pooler":
+        fast = FastBertPooler.from_pooler(_bert_pooler(h.shape[-1], w, b))
+        return lambda i: fast(h)
+    if contestant == "fused_pooler":
+        return lambda i: fused_pooler(h, w, b, backend="triton")
+    if contestant == "addmm_tanh":
+        return lambda i: torch.tanh(torch.addmm(b, h[:, 0], w.t()))
+    if contestant == "empty_jit":
+        return lambda i: empty_kernel[(1,)](h, 16, 64, num_warps=4, num_stages=3)
+    if contestant == "empty_cached":
+        cached = CachedLaunch(empty_kernel)
+        args, constexprs = (h, 16), (64,)
+        return lambda i: cached((1,), args, constexprs, 4, 3)
+    raise ValueError(f"unknown contestant {contestant!r}; known: {CONTESTANTS}")
+
+
+@pytest.mark.parametrize("dtype_name,hidden,batch,contestant", GRID,
+                         ids=[f"{d}-H{h}-B{b}-{c}" for d, h, b, c in GRID])  # fmt: skip
+def test_launch_per_call(benchmark, request, calibration, bench_results, dtype_name, hidden, batch,
+                         contestant):  # fmt: skip
+    enabled = benchmark_enabled(request.config)
+    dtype = harness.DTYPES_BY_NAME[dtype_name]
+    device = "cuda" if harness.HAS_CUDA else "cpu"
+    h = torch.randn(batch, SEQ, hidden, device=device).to(dtype)
+    w = (torch.randn(hidden, hidden, device=device) * hidden**-0.5).to(dtype)
+    b = (torch.randn(hidden, device=device) * 0.1).to(dtype)
+    with torch.inference_mode():
+        call = make_call(contestant, h, w, b)
+        out = call(0)
+        harness.sync()
+        if not contestant.startswith("empty"):
+            expected = torch.tanh(torch.nn.functional.linear(h[:, 0], w, b))
+            err = harness.rel_err(out, expected)
+            assert out.shape == expected.shape and out.dtype == dtype
+            assert err <= AGREEMENT[dtype_name], f"{contestant} disagrees with eager: {err:.2e}"
+        if not harness.HAS_CUDA and contestant not in ("eager", "addmm_tanh"):
+            pytest.skip("kernel launch figures need a GPU: the interpreter ran this case once")
+        wall_us = harness.benchmark_wall_us(benchmark, call, 1, 200, enabled)
+    if wall_us is None:
+        return
+    # the pooler's roofline floor; the empty kernel does no work, so it has none
+    nbytes, flops = harness.pooler_traffic(batch, hidden, hidden, dtype.itemsize)
+    floor_us = harness.roofline_floor_s(nbytes, flops, calibration, dtype_name) * 1e6
+    if contestant.startswith("empty"):
+        floor_us = float("nan")
+    record = {"bench": "launch", "dtype": dtype_name, "hidden": hidden, "batch": batch,
+              "contestant": contestant, "wall_us": wall_us, "floor_us": floor_us,
+              "time_over_floor": wall_us / floor_us}  # fmt: skip
+    benchmark.extra_info.update(record)
+    benchmark.group = f"launch {dtype_name} B={batch}"
+    bench_results.append(record)
+
+
+# ---- host-only: Python per call up to the driver's launch, no GPU needed --------------------------
+
+
+class _StandInCompiled:
+    """A compiled kernel whose launcher records its arguments and launches nothing."""
+
+    function = 0x1
+    packed_metadata = ()
+
+    def __init__(self):
+        self.last = None
+
+    def run(self, *args):
+        self.last = args
+
+    def launch_metadata(self, grid, stream, *args):
+        return None
+
+
+class _StandInDriver:
+    """Enough of Triton's active driver for ``JITFunction.run`` to bind, key and 'launch'."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+
+def host_time_us(iters: int) -> dict[str, float]:
+    """Minimum µs per ``pooler_fwd`` call (fp16, B = 8, H = 768, CPU tensors), launcher a no-op.
+
+    "jit": the launch through ``JITFunction.run`` (Triton's bind, specialize, key, metadata), as
+    before the cache; "cached": through ``CachedLaunch`` on a hit. The stand-in stream/device reads
+    cost about what torch's C calls do. Both paths must hand the launcher the same arguments.
+    """
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    from bertpool_fast.kernels import pooler
+    from bertpool_fast.kernels.launch import CachedLaunch
+
+    jit = JITFunction(pooler.pooler_fwd_kernel.fn)
+    compiled = _StandInCompiled()
+
+    def stand_in_compile(key, *args, **kwargs):
+        jit.device_caches[0][0][key] = compiled
+        return compiled
+
+    jit._do_compile = stand_in_compile
+    x = torch.randn(8, SEQ, H).half()
+    w = torch.randn(H, H).half()
+    bias = torch.randn(H).half()
+    out = torch.empty(8, H, dtype=torch.float16)
+    saved_driver, saved_launch = driver._active, pooler._launch_pooler_fwd
+    driver.set_active(_StandInDriver())
+    launched, caches = {}, {}
+    rounds: dict[str, list[float]] = {"jit": [], "cached": []}
+    try:
+        for name, enabled in (("jit", False), ("cached", True)):
+            cache = CachedLaunch(jit, enabled=enabled)
+            cache.current_device = lambda: 0
+            cache.current_stream = lambda device: 0
+            caches[name] = cache
+            pooler._launch_pooler_fwd = cache
+            for _ in range(3):  # miss, then hits
+                pooler.pooler_fwd(x, w, bias, "tanh", out=out)
+            launched[name] = compiled.last
+        assert caches["cached"].entries, "the host figure must time cache hits"
+        # interleaved rounds, minimum per path: this is host time, and other processes only add
+        for _ in range(9):
+            for name, cache in caches.items():
+                pooler._launch_pooler_fwd = cache
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    pooler.pooler_fwd(x, w, bias, "tanh", out=out)
+                rounds[name].append((time.perf_counter() - t0) * 1e6 / iters)
+    finally:
+        driver._active = saved_driver
+        pooler._launch_pooler_fwd = saved_launch
+    results = {name: min(r) for name, r in rounds.items()}
+    # the launchers computed their grids with triton.cdiv before (two calls for the pooler)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        triton.cdiv(768, 32), triton.cdiv(8, 16)
+    results["two_triton_cdiv"] = (time.perf_counter() - t0) * 1e6 / iters
+    # grid, stream, function, packed metadata, then the kernel's arguments in signature order;
+    # Triton passes its launch metadata and hook chains where the cache passes None (no hooks)
+    jit_args, cached_args = launched["jit"], launched["cached"]
+    assert jit_args[:6] == cached_args[:6] and cached_args[6:9] == (None, None, None)
+    assert len(jit_args) == len(cached_args)
+    for a, c in zip(jit_args[9:], cached_args[9:]):
+        assert a is c if isinstance(a, torch.Tensor) else a == c, (a, c)
+    return results
+
+
+def test_host_time_per_call(request, bench_results):
+    enabled = benchmark_enabled(request.config)
+    figures = host_time_us(2000 if enabled else 5)
+    if not enabled:
+        return
+    label = "GPU machine host-time" if harness.HAS_CUDA else "CPU host-time"
+    nan = float("nan")
+    for contestant in ("jit", "cached"):
+        # the summary table's fields; "wall_us" is host time here, no GPU work is launched
+        bench_results.append({"bench": "launch_host", "label": label, "contestant": contestant,
+                              "wall_us": figures[contestant], "floor_us": nan,
+                              "time_over_floor": nan,
+                              "two_triton_cdiv_us": figures["two_triton_cdiv"]})  # fmt: skip
+    print(f"\n{label}: pooler_fwd up to the launch: {figures['jit']:.2f} us via kernel[grid], "
+          f"{figures['cached']:.2f} us via the launch cache; the two triton.cdiv calls the "
+          f"launcher made before cost {figures['two_triton_cdiv']:.2f} us")  # fmt: skip
+
+
+# ---- end to end: BERT-base forward, eager against patched, interleaved ----------------------------
+
+
+def _bert(device: str, dtype: torch.dtype):
+    from transformers import BertConfig, BertModel
+
+    if harness.HAS_CUDA:
+        config = BertConfig()  # bert-base: 12 layers, H = 768
+    else:
+        config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=128)  # fmt: skip
+    torch.manual_seed(0)
+    return BertModel(config).to(device=device, dtype=dtype).eval()
+
+
+def test_bert_base_end_to_end(request, bench_results):
+    from bertpool_fast import patch
+
+    enabled = benchmark_enabled(request.config) and harness.HAS_CUDA
+    device = "cuda" if harness.HAS_CUDA else "cpu"
+    dtype = torch.float16 if harness.HAS_CUDA else torch.float32
+    eager = _bert(device, dtype)
+    patched = copy.deepcopy(eager)
+    assert patch(patched) == 1
+    batch = 8 if harness.HAS_CUDA else 2
+    ids = torch.randint(0, eager.config.vocab_size, (batch, SEQ), device=device)
+    with torch.inference_mode():
+        a, b = eager(ids).pooler_output, patched(ids).pooler_output
+        assert harness.rel_err(b, a) <= AGREEMENT["fp16" if harness.HAS_CUDA else "fp32"]
+        if not enabled:
+            return
+        times = {"eager": [], "patched": []}
+        for _ in range(3):  # warm-up, both
+            eager(ids), patched(ids)
+        harness.sync()
+        for _ in range(20):
+            for name, model in (("eager", eager), ("patched", patched)):
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    model(ids)
+                harness.sync()
+                times[name].append((time.perf_counter() - t0) * 1e6 / 5)
+    eager_us, patched_us = statistics.median(times["eager"]), statistics.median(times["patched"])
+    nan = float("nan")
+    for contestant, us in (("eager", eager_us), ("patched", patched_us)):
+        bench_results.append({"bench": "launch_e2e", "model": "bert-base random", "dtype": "fp16",
+                              "batch": batch, "seq": SEQ, "contestant": contestant, "wall_us": us,
+                              "floor_us": nan, "time_over_floor": nan,
+                              "patched_over_eager": patched_us / eager_us})  # fmt: skip
+    print(f"\nBERT-base forward B={batch} S={SEQ}: patched / eager = {patched_us / eager_us:.3f}")

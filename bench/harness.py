@@ -246,6 +246,16 @@ def _driver_version() -> str:
         return "unknown (no nvidia-smi)"
 
 
+def _git_commit() -> str:
+    """The checkout's commit; a copy without .git says so (BERTPOOL_COMMIT names it there)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10)  # fmt: skip
+        return out.stdout.strip() if out.returncode == 0 else "unknown (not a git checkout)"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no git)"
+
+
 def environment() -> dict[str, str]:
     """What every result is stamped with."""
     import triton
@@ -266,6 +276,7 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    info["commit"] = os.environ.get("BERTPOOL_COMMIT") or _git_commit()
     if HAS_CUDA:
         props = torch.cuda.get_device_properties(0)
         info["sm"] = f"{props.major}.{props.minor}"

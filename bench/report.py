@@ -57,7 +57,7 @@ def load(path: str) -> tuple[list[dict], dict, Optional[dict]]:
 
 
 def stamp(env: dict) -> str:
-    keys = ("device", "driver", "cuda", "torch", "triton", "transformers", "date")
+    keys = ("device", "driver", "cuda", "torch", "triton", "transformers", "commit", "date")
     return ", ".join(f"{k} {env.get(k, '?')}" for k in keys)
 
 

@@ -86,8 +86,9 @@ TESTS_RC=${PIPESTATUS[0]}
 say "GPU tests exit code $TESTS_RC"
 # Not GPU-marked (both run on CPU too), but here they check what this machine's Triton builds: the
 # forward parity suite on the compiled kernel (every shape, dtype, layout and activation), and the
-# scan of every fp32 GEMM tile's compiled code for the miscompile seen with Triton 3.6.
-timeout $(( 120 * SLOW )) "$PY" -m pytest tests/test_pooler_parity.py tests/test_compiled_code.py -q -p no:cacheprovider "${XDIST[@]}" 2>&1 | tail -n 15 | tee "$RESULTS/gpu_parity.log"
+# scan of every fp32 GEMM tile's compiled code for the miscompile seen with Triton 3.6, and the
+# fine-tuning recipe (on CUDA autocast here).
+timeout $(( 120 * SLOW )) "$PY" -m pytest tests/test_pooler_parity.py tests/test_compiled_code.py tests/test_finetune.py -q -p no:cacheprovider "${XDIST[@]}" 2>&1 | tail -n 15 | tee "$RESULTS/gpu_parity.log"
 PARITY_RC=${PIPESTATUS[0]}
 say "parity and compiled-code exit code $PARITY_RC"
 if [ "$PARITY_RC" != 0 ]; then TESTS_RC=$PARITY_RC; fi

@@ -81,14 +81,14 @@ say "installing this checkout (non-editable)"
 XDIST=()
 if "$PY" -c "import xdist" 2>/dev/null && [ "$DRY_RUN" != 1 ]; then XDIST=(-n 8); fi
 say "GPU correctness: tile sweep and GPU-marked tests ${XDIST[*]}"
-timeout $(( 200 * SLOW )) "$PY" -m pytest -m gpu tests -q -rxX -p no:cacheprovider --maxfail=30 "${XDIST[@]}" 2>&1 | tail -n 60 | tee "$RESULTS/gpu_tests.log"
+timeout $(( 200 * SLOW )) "$PY" -m pytest -m gpu tests -q -rxX -p no:cacheprovider --maxfail=30 "${XDIST[@]}" 2>&1 | tee "$RESULTS/gpu_tests.log" | tail -n 60
 TESTS_RC=${PIPESTATUS[0]}
 say "GPU tests exit code $TESTS_RC"
 # Not GPU-marked (both run on CPU too), but here they check what this machine's Triton builds: the
 # forward parity suite on the compiled kernel (every shape, dtype, layout and activation), and the
 # scan of every fp32 GEMM tile's compiled code for the miscompile seen with Triton 3.6, and the
 # fine-tuning recipe (on CUDA autocast here).
-timeout $(( 120 * SLOW )) "$PY" -m pytest tests/test_pooler_parity.py tests/test_compiled_code.py tests/test_finetune.py -q -p no:cacheprovider "${XDIST[@]}" 2>&1 | tail -n 15 | tee "$RESULTS/gpu_parity.log"
+timeout $(( 120 * SLOW )) "$PY" -m pytest tests/test_pooler_parity.py tests/test_compiled_code.py tests/test_finetune.py -q -p no:cacheprovider "${XDIST[@]}" 2>&1 | tee "$RESULTS/gpu_parity.log" | tail -n 15
 PARITY_RC=${PIPESTATUS[0]}
 say "parity and compiled-code exit code $PARITY_RC"
 if [ "$PARITY_RC" != 0 ]; then TESTS_RC=$PARITY_RC; fi

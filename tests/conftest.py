@@ -73,19 +73,23 @@ ACTIVATION_LIPSCHITZ = {"tanh": 1.0, "relu": 1.0, "identity": 1.0, "gelu": 1.13,
 ACTIVATION_EVAL_RTOL = 8 * 2.0**-24
 
 
-def gemm_error_bound(x, weight, bias=None, activation="identity") -> torch.Tensor:
+def gemm_error_bound(x, weight, bias=None, activation="identity", operand_unit=0.0) -> torch.Tensor:
     """Per-element bound on |kernel - exact| for act(x @ weight.T + bias), before output rounding.
 
     The kernels sum K products (and the bias) in fp32; whatever the order, the computed sum differs
     from the exact one by at most gamma_n * sum_k |x_k| |w_k| (+ |b|), gamma_n = n u / (1 - n u)
     with u = 2^-24 and n = K + 1 terms (Higham, Accuracy and Stability, 3.1). The products are exact
     in fp32 for fp16/bf16 inputs. The activation then multiplies the error by at most its Lipschitz
-    constant. x: [M, K] rows the kernel read, weight: [N, K]. Returns [M, N] float64.
+    constant. ``operand_unit``: when the dot first rounds each fp32 operand to a shorter format
+    (TF32: 10 explicit mantissa bits, relative change below 2^-10 whether the conversion rounds or
+    truncates), each product carries a further relative error of at most 2 v + v^2.
+    x: [M, K] rows the kernel read, weight: [N, K]. Returns [M, N] float64.
     """
     x64, w64 = x.detach().double().cpu(), weight.detach().double().cpu()
     n = x64.shape[-1] + 1
     u32 = 2.0**-24
-    gamma = n * u32 / (1 - n * u32)
+    v = operand_unit
+    gamma = n * u32 / (1 - n * u32) + (2 * v + v * v) * (1 + n * u32)
     mag = x64.abs() @ w64.abs().T
     if bias is not None:
         mag = mag + bias.detach().double().cpu().abs()

@@ -298,7 +298,8 @@ def run_head_case(dtype, cfg, tails, activation, full):
         classifier_head.classifier_head_fwd(x, w1, b1, w2, b2, activation, out=out, config=cfg)
         d = [t.double() for t in (x[:, 0], w1, b1, w2, b2)]
         # the pooled rows are rounded to the input dtype in between, as the kernel and eager do
-        pooled = classifier_head_reference(d[0], d[1], d[2], torch.eye(n, dtype=torch.float64),
+        eye = torch.eye(n, dtype=torch.float64, device=x.device)
+        pooled = classifier_head_reference(d[0], d[1], d[2], eye,
                                            None, activation).to(dtype).double()  # fmt: skip
         assert_close_rel(out, pooled @ d[3].T + d[4], dtype)
 

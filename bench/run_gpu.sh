@@ -52,7 +52,8 @@ if [ "$DRY_RUN" = 1 ]; then
     PY="$RESULTS/venv/bin/python"
     export TRITON_INTERPRET=1
 else
-    RESULTS="bench/results/$("$PY" -c 'from bench.harness import results_dir_name; print(results_dir_name())')"
+    # RESULTS_DIR names another folder, e.g. for a second run on the same day
+    RESULTS=${RESULTS_DIR:-"bench/results/$("$PY" -c 'from bench.harness import results_dir_name; print(results_dir_name())')"}
 fi
 mkdir -p "$RESULTS"
 "$PY" -c 'import json; from bench.harness import environment; print(json.dumps(environment(), indent=1))' > "$RESULTS/environment.json"
@@ -101,10 +102,13 @@ if [ "$BENCH_S" -lt 60 ]; then BENCH_S=60; fi
 say "benchmark, budget ${BENCH_S}s"
 ENABLE=--benchmark-enable
 if [ "$DRY_RUN" = 1 ]; then ENABLE=--benchmark-disable; fi
-BENCH_FILES="bench/test_bench_launch.py bench/test_bench_pooler.py bench/test_bench_backward.py bench/test_bench_heads.py bench/test_bench_masked_pool.py"
+# BENCH_FILES and BENCH_K (a pytest -k expression, e.g. "H768 and not compile") narrow a short run.
+BENCH_FILES=${BENCH_FILES:-"bench/test_bench_launch.py bench/test_bench_pooler.py bench/test_bench_backward.py bench/test_bench_heads.py bench/test_bench_masked_pool.py"}
 BENCH_FILES=$(for f in $BENCH_FILES; do [ -f "$f" ] && echo "$f"; done)
+BENCH_SELECT=()
+if [ -n "${BENCH_K:-}" ]; then BENCH_SELECT=(-k "$BENCH_K"); fi
 BENCH_RECORDS="$RESULTS/records.jsonl" BENCH_BUDGET_S=$BENCH_S timeout $(( BENCH_S + 30 )) \
-    "$PY" -m pytest $BENCH_FILES $ENABLE --benchmark-json="$RESULTS/benchmark.json" \
+    "$PY" -m pytest $BENCH_FILES "${BENCH_SELECT[@]}" $ENABLE --benchmark-json="$RESULTS/benchmark.json" \
     --benchmark-columns=median,iqr,rounds -q -p no:cacheprovider > "$RESULTS/bench.log" 2>&1
 BENCH_RC=$?
 tail -n 5 "$RESULTS/bench.log"

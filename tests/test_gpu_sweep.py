@@ -198,7 +198,8 @@ def test_sweep_covers_every_shipped_config():
     shipped = [*pooler.POOLER_TABLES.values(), pooler.BATCH_INVARIANT_CONFIGS]
     tables = {(d, cfg) for t in shipped for d, rows in t.items() for _, cfg in rows}
     covered = {(d, cfg) for d, cfg, _ in shipped_pooler_configs()}
-    assert tables == covered
+    # a half-precision config is swept in both fp16 and bf16, so the sweep may cover more
+    assert tables <= covered, tables - covered
 
 
 # --- backward kernels: dX reduces over N in block_n steps, dW/db over M in block_m steps -------

@@ -17,13 +17,14 @@ from bench.conftest import benchmark_enabled
 
 SEQ = 128
 LABELS = 2
-CONTESTANTS = ("eager", "compile", "triton")
+# "pooler_linear": the fused pooler, then nn.Linear - what an unfused BERT head runs when patched
+CONTESTANTS = ("eager", "compile", "triton", "pooler_linear")
 AGREEMENT = {"fp16": 4e-3, "bf16": 3e-2, "fp32": 1e-4}
 
 
 def _grid():
     if not harness.HAS_CUDA:
-        return [("fp32", 64, b, c) for b in (1, 8) for c in ("eager", "triton")]
+        return [("fp32", 64, b, c) for b in (1, 8) for c in ("eager", "triton", "pooler_linear")]
     return [(d, 768, b, c) for d in ("fp16", "bf16") for b in (1, 8, 32, 128, 512, 2048)
             for c in CONTESTANTS]  # fmt: skip
 
@@ -58,8 +59,12 @@ def head_traffic(batch: int, hidden: int, elem: int) -> tuple[int, int]:
 
 def make_call(contestant: str, heads: list):
     """``call(i)``: the contestant on input set ``i``, as inference code would call it."""
-    from bertpool_fast import fused_classifier_head
+    from bertpool_fast import fused_classifier_head, fused_pooler
 
+    if contestant == "pooler_linear":
+        parts = [(m.hidden_states, m.pooler.dense.weight, m.pooler.dense.bias,
+                  m.classifier.weight, m.classifier.bias) for m in heads]  # fmt: skip
+        return lambda i: torch.nn.functional.linear(fused_pooler(*parts[i][:3]), *parts[i][3:])
     if contestant == "triton":
         parts = [(m.hidden_states, m.pooler.dense.weight, m.pooler.dense.bias,
                   m.classifier.weight, m.classifier.bias) for m in heads]  # fmt: skip
@@ -95,7 +100,7 @@ def test_head(benchmark, request, budget, calibration, bench_results, dtype_name
         err = harness.rel_err(out, expected)
         assert out.shape == (batch, LABELS) and out.dtype == dtype
         assert err <= AGREEMENT[dtype_name], f"{contestant} disagrees with eager: rel err {err:.2e}"
-        if not harness.HAS_CUDA and contestant == "triton":
+        if not harness.HAS_CUDA and contestant in ("triton", "pooler_linear"):
             pytest.skip("kernel figures need a GPU: the interpreter's time means nothing")
         iters = 200 if harness.HAS_CUDA else 20
         wall_us = harness.benchmark_wall_us(benchmark, call, n, iters, enabled)

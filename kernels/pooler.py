@@ -352,6 +352,11 @@ def split_k_scratch(device: torch.device, partials: int, tiles: int):
     return ws, tickets
 
 
+# table_arch per device, asked once: a device's capability does not change within a process
+_TABLE_ARCH: dict = {}
+_INTERPRETED = interpreter_enabled()  # fixed when triton is imported
+
+
 def pooler_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -370,23 +375,28 @@ def pooler_fwd(
     does not depend on M. config: run this tile instead of the table's pick (tuning, tests); it
     overrides batch_invariant's table too. Returns [M, N] in that dtype.
     """
-    m, k = x.shape[0], x.shape[-1]
+    shape = x.shape
+    m, k = shape[0], shape[-1]
     n = weight.shape[0]
     dtype = x.dtype
+    device = x.device  # read once: each read builds a torch.device
     if out is None:
-        out = torch.empty((m, n), dtype=dtype, device=x.device)
+        out = torch.empty((m, n), dtype=dtype, device=device)
     if m == 0 or n == 0:
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
     if config is None:
-        config = pick_config(m, dtype, batch_invariant, table_arch(x.device))
+        arch = _TABLE_ARCH.get(device)
+        if arch is None:
+            arch = _TABLE_ARCH[device] = table_arch(device)
+        config = pick_config(m, dtype, batch_invariant, arch)
     else:
         check_config(config)
     grid_n, grid_m = cdiv(n, config.block_n), cdiv(m, config.block_m)
     # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
     split_k = max(1, min(config.split_k, cdiv(k, config.block_k)))
     if split_k > 1:
-        ws, tickets = split_k_scratch(x.device, split_k * m * n, grid_n * grid_m)
+        ws, tickets = split_k_scratch(device, split_k * m * n, grid_n * grid_m)
     else:
         ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
     with device_of(x):
@@ -413,7 +423,7 @@ def pooler_fwd(
                 bias is not None,  # HAS_BIAS
                 activation,
                 fp32_dot_precision() if dtype == torch.float32 else "ieee",  # DOT_PRECISION
-                interpreter_enabled() and dtype == torch.bfloat16,  # INTERPRETED_BF16
+                _INTERPRETED and dtype is torch.bfloat16,  # INTERPRETED_BF16
                 config.block_m,
                 config.block_n,
                 config.block_k,

@@ -32,7 +32,23 @@ def _fuse(hidden_states: torch.Tensor, dense: nn.Module, activation: Optional[st
         return None
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
         return None  # the eager forward decides what such an input means (or how it fails)
-    return fused_pooler(hidden_states, dense.weight, dense.bias, activation=activation)
+    if type(dense) is nn.Linear:
+        # The exact class has no property over its parameters (a parametrized Linear is a
+        # subclass): read them without nn.Module.__getattr__, through it when one was replaced.
+        params = dense._parameters
+        weight, bias = params.get("weight", _MISSING), params.get("bias", _MISSING)
+        if weight is _MISSING:
+            weight = dense.weight
+        if bias is _MISSING:
+            bias = dense.bias
+    else:
+        weight, bias = dense.weight, dense.bias
+    # through the public op, by its module-level name (tests spy on it); its common inference
+    # call is two comparisons there and ops.pooler_inference's one combined check
+    return fused_pooler(hidden_states, weight, bias, activation=activation)
+
+
+_MISSING = object()
 
 
 def fused_bert_forward(pooler: nn.Module, hidden_states: torch.Tensor) -> Optional[torch.Tensor]:
@@ -119,9 +135,20 @@ class FastBertPooler(nn.Module):
         return cls.from_parts(dense, act, pooler.training)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        out = fused_bert_forward(self, hidden_states)
+        # fused_bert_forward's body, one frame fewer on the per-call path
+        dense = activation = None
+        if type(self) is FastBertPooler:
+            # the exact class has no attribute that could shadow its submodules: read them
+            # without nn.Module.__getattr__ (through it when one was replaced by a non-module)
+            modules = self._modules
+            dense, activation = modules.get("dense"), modules.get("activation")
+        if dense is None:
+            dense = self.dense
+        if activation is None:
+            activation = self.activation
+        out = _fuse(hidden_states, dense, activation_name(activation))
         if out is None:
-            return self.activation(self.dense(hidden_states[:, 0]))
+            return activation(dense(hidden_states[:, 0]))
         return out
 
     def extra_repr(self) -> str:

@@ -18,11 +18,20 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .kernels import BWD_ACTIVATIONS, pooler_bwd_dw, pooler_bwd_dx, pooler_fwd
+from .kernels import (
+    ACTIVATIONS,
+    BWD_ACTIVATIONS,
+    interpreter_enabled,
+    pooler_bwd_dw,
+    pooler_bwd_dx,
+    pooler_fwd,
+)
 from .reference import activation_grad_reference, pooler_backward_reference, pooler_reference
 from .validation import (
+    AUTOCAST_DEVICE_TYPES,
     BACKENDS,
     KERNEL_DTYPES,
+    PLAIN_TENSOR_TYPES,
     REFERENCE_DTYPES,
     autocast_inputs,
     named,
@@ -209,6 +218,87 @@ def fused_pooler(
     Returns [B, H_out] in the input dtype. Under ``torch.autocast`` the inputs are first cast as
     eager ``nn.Linear``'s are, so the result has the autocast dtype, as eager ``linear`` + ``tanh``.
     """
+    if backend == "auto" and batch_invariant is False:
+        return pooler_inference(hidden_states, weight, bias, activation)
+    return _fused_pooler(hidden_states, weight, bias, activation, backend, batch_invariant)
+
+
+def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
+    """``fused_pooler(hidden_states, weight, bias, activation=activation)``, thin per call.
+
+    The common inference call (plain tensors of one kernel dtype on one device the kernel runs
+    on, the expected ranks and sizes, a known activation, no autocast, no gradient needed, not
+    being traced) goes straight to the launcher after one run of comparisons that implies every
+    check of the full path. Anything else takes the full path, whose messages and behaviour are
+    the reference: this is only a shortcut to its own answer.
+    """
+    b = bias
+    if (
+        type(hidden_states) in _PLAIN
+        and type(weight) in _PLAIN
+        and (b is None or type(b) in _PLAIN)
+        and not _is_compiling()
+        and not (
+            _is_grad_enabled()
+            and (
+                hidden_states.requires_grad
+                or weight.requires_grad
+                or (b is not None and b.requires_grad)
+            )
+        )
+        and _on_kernel_device(hidden_states, weight, b)
+        and hidden_states.dtype in KERNEL_DTYPES
+        and weight.dtype is hidden_states.dtype
+        and (b is None or b.dtype is hidden_states.dtype)
+        and hidden_states.layout is _STRIDED
+        and weight.layout is _STRIDED
+        and (b is None or b.layout is _STRIDED)
+        and hidden_states.dim() == 3
+        and weight.dim() == 2
+        and (b is None or b.dim() == 1)
+        and hidden_states.shape[1] >= 1
+        and weight.shape[1] == hidden_states.shape[2]
+        and (b is None or b.shape[0] == weight.shape[0])
+        and activation in ACTIVATIONS
+    ):
+        return pooler_fwd(hidden_states, weight, bias, activation)
+    return _fused_pooler(hidden_states, weight, bias, activation, "auto", False)
+
+
+def _on_kernel_device(hidden_states, weight, bias) -> bool:
+    # One CUDA device (get_device: its index, an int, no torch.device built), or the CPU under the
+    # interpreter; and autocast off for that device type, so autocast_inputs would change nothing.
+    if hidden_states.is_cuda:
+        index = hidden_states.get_device()
+        return (
+            _CUDA_AUTOCAST_KNOWN
+            and weight.is_cuda
+            and weight.get_device() == index
+            and (bias is None or (bias.is_cuda and bias.get_device() == index))
+            and not _is_autocast_enabled("cuda")
+        )
+    return (
+        _CPU_KERNEL
+        and hidden_states.is_cpu
+        and weight.is_cpu
+        and (bias is None or bias.is_cpu)
+        and not _is_autocast_enabled("cpu")
+    )
+
+
+# Hoisted once: the names the shortcut reads on every call. torch.compile recognises
+# is_compiling by identity, so the bound name traces as the original does.
+_PLAIN = PLAIN_TENSOR_TYPES
+_STRIDED = torch.strided
+_is_compiling = torch.compiler.is_compiling
+_is_grad_enabled = torch.is_grad_enabled
+_is_autocast_enabled = torch.is_autocast_enabled
+_CUDA_AUTOCAST_KNOWN = "cuda" in AUTOCAST_DEVICE_TYPES
+_CPU_KERNEL = interpreter_enabled() and "cpu" in AUTOCAST_DEVICE_TYPES
+
+
+def _fused_pooler(hidden_states, weight, bias, activation, backend, batch_invariant):
+    # the full path: every check with its message, autocast, backend choice, custom op
     hidden_states, weight, bias = autocast_inputs(hidden_states, weight, bias)
     validate_pooler_args(hidden_states, weight, bias, activation, backend)
     if not isinstance(batch_invariant, bool):

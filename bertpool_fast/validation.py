@@ -22,7 +22,7 @@ MASK_DTYPES = (
     torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     torch.float16, torch.bfloat16, torch.float32, torch.float64,
 )  # fmt: skip
-_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def check_tensor(name: str, t: object, ndim: int, layout: str) -> torch.Tensor:
@@ -190,9 +190,9 @@ def validate_masked_pool_args(
 def plain_tensors(hidden_states, weight, bias) -> bool:
     """True when none is a tensor subclass (whose meaning is its own dispatch, not its storage)."""
     return (
-        type(hidden_states) in _PLAIN_TENSOR_TYPES
-        and type(weight) in _PLAIN_TENSOR_TYPES
-        and (bias is None or type(bias) in _PLAIN_TENSOR_TYPES)
+        type(hidden_states) in PLAIN_TENSOR_TYPES
+        and type(weight) in PLAIN_TENSOR_TYPES
+        and (bias is None or type(bias) in PLAIN_TENSOR_TYPES)
     )
 
 
@@ -224,7 +224,7 @@ def autocast_inputs(hidden_states, weight, bias):
     if not isinstance(hidden_states, torch.Tensor):
         return hidden_states, weight, bias  # the validator names the problem
     device_type = hidden_states.device.type
-    if device_type not in _AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
+    if device_type not in AUTOCAST_DEVICE_TYPES or not torch.is_autocast_enabled(device_type):
         return hidden_states, weight, bias
     dtype = torch.get_autocast_dtype(device_type)
     if isinstance(weight, torch.Tensor) and hidden_states.dim() == 3 and hidden_states.shape[1] > 1:
@@ -245,6 +245,6 @@ def autocast_inputs(hidden_states, weight, bias):
 
 
 # Device types with an autocast mode; asking is_autocast_enabled about any other raises.
-_AUTOCAST_DEVICE_TYPES = frozenset(
+AUTOCAST_DEVICE_TYPES = frozenset(
     t for t in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia") if torch.amp.is_autocast_available(t)
 )

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from . import pooler_tables as _pooler_tables
 from .activations import apply_activation
-from .launch import CachedLaunch, cdiv
+from .launch import CachedLaunch
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
 from .tiles import TileConfig, pick_tile
@@ -352,6 +352,11 @@ def split_k_scratch(device: torch.device, partials: int, tiles: int):
     return ws, tickets
 
 
+# table_arch per device, asked once: a device's capability does not change within a process
+_TABLE_ARCH: dict = {}
+_INTERPRETED = interpreter_enabled()  # fixed when triton is imported
+
+
 def pooler_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -370,25 +375,32 @@ def pooler_fwd(
     does not depend on M. config: run this tile instead of the table's pick (tuning, tests); it
     overrides batch_invariant's table too. Returns [M, N] in that dtype.
     """
-    m, k = x.shape[0], x.shape[-1]
+    shape = x.shape
+    m, k = shape[0], shape[-1]
     n = weight.shape[0]
     dtype = x.dtype
+    device = x.device  # read once: each read builds a torch.device
     if out is None:
-        out = torch.empty((m, n), dtype=dtype, device=x.device)
+        out = torch.empty((m, n), dtype=dtype, device=device)
     if m == 0 or n == 0:
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
     if config is None:
-        config = pick_config(m, dtype, batch_invariant, table_arch(x.device))
+        arch = _TABLE_ARCH.get(device)
+        if arch is None:
+            arch = _TABLE_ARCH[device] = table_arch(device)
+        config = pick_config(m, dtype, batch_invariant, arch)
     else:
         check_config(config)
-    grid_n, grid_m = cdiv(n, config.block_n), cdiv(m, config.block_m)
+    # cdiv written out (-(-a // b)): three calls fewer per launch
+    grid_n, grid_m = -(-n // config.block_n), -(-m // config.block_m)
     # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
-    split_k = max(1, min(config.split_k, cdiv(k, config.block_k)))
+    split_k = max(1, min(config.split_k, -(-k // config.block_k)))
     if split_k > 1:
-        ws, tickets = split_k_scratch(x.device, split_k * m * n, grid_n * grid_m)
+        ws, tickets = split_k_scratch(device, split_k * m * n, grid_n * grid_m)
     else:
         ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
+    x_strides, w_strides = x.stride(), weight.stride()
     with device_of(x):
         _launch_pooler_fwd(
             (grid_n, grid_m, split_k),
@@ -402,10 +414,10 @@ def pooler_fwd(
                 m,
                 n,
                 k,
-                x.stride(0),
-                x.stride(-1),
-                weight.stride(0),
-                weight.stride(1),
+                x_strides[0],
+                x_strides[-1],
+                w_strides[0],
+                w_strides[1],
                 bias.stride(0) if bias is not None else 0,
                 out.stride(0),
             ),
@@ -413,7 +425,7 @@ def pooler_fwd(
                 bias is not None,  # HAS_BIAS
                 activation,
                 fp32_dot_precision() if dtype == torch.float32 else "ieee",  # DOT_PRECISION
-                interpreter_enabled() and dtype == torch.bfloat16,  # INTERPRETED_BF16
+                _INTERPRETED and dtype is torch.bfloat16,  # INTERPRETED_BF16
                 config.block_m,
                 config.block_n,
                 config.block_k,

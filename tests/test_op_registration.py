@@ -108,3 +108,52 @@ def test_tensors_on_a_device_that_is_not_current():
     expected = torch.tanh(hidden[:, 0].double() @ weight.double().t() + bias.double())
     assert out.device == hidden.device
     assert_close_rel(out, expected, torch.float16)
+
+
+class _SubclassTensor(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize(
+    "case", ["plain", "autocast", "grad", "float64", "subclass", "bad_activation"]
+)
+def test_inference_shortcut_only_in_the_common_case(monkeypatch, case):
+    # pooler_inference skips the full path (autocast casts, validation messages, backend choice,
+    # subclass refusal, the custom op) only when none of them could matter; every other call must
+    # reach _fused_pooler, which does all of them.
+    from bertpool_fast import ops
+
+    full_path = []
+    original = ops._fused_pooler
+
+    def spy(*args):
+        full_path.append(args[3])
+        return original(*args)
+
+    monkeypatch.setattr(ops, "_fused_pooler", spy)
+    dtype = torch.float64 if case == "float64" else torch.float32
+    hidden = torch.randn(3, 2, 16, device=KERNEL_DEVICE, dtype=dtype)
+    weight = torch.randn(8, 16, device=KERNEL_DEVICE, dtype=dtype) * 0.25
+    bias = torch.randn(8, device=KERNEL_DEVICE, dtype=dtype)
+    activation = "tanh"
+    if case == "grad":
+        weight.requires_grad_(True)
+    if case == "subclass":
+        hidden = hidden.as_subclass(_SubclassTensor)
+    if case == "bad_activation":
+        activation = "swish"
+        with pytest.raises(ValueError, match="activation must be one of"):
+            bertpool_fast.fused_pooler(hidden, weight, bias, activation=activation)
+        assert full_path == ["swish"]
+        return
+    if case == "autocast":
+        with torch.autocast(torch.device(KERNEL_DEVICE).type, dtype=torch.bfloat16):
+            out = bertpool_fast.fused_pooler(hidden, weight, bias)
+        assert out.dtype == torch.bfloat16
+    else:
+        out = bertpool_fast.fused_pooler(hidden, weight, bias, activation=activation)
+    # under autocast the kernel sees the inputs rounded to bf16, as nn.Linear would
+    seen = [t.to(out.dtype) if case == "autocast" else t for t in (hidden[:, 0], weight, bias)]
+    expected = torch.tanh(torch.nn.functional.linear(*(t.detach().double() for t in seen)))
+    assert_close_rel(out.detach(), expected, out.dtype)
+    assert full_path == ([] if case == "plain" else [activation])

@@ -118,3 +118,13 @@ def test_a_spent_budget_still_times_eager_and_the_current_pick(tmp_path):
     assert bucket["winner"] == next(
         m["label"] for m in bucket["measurements"] if m["source"] == "current table"
     )
+
+
+def test_every_candidate_renders_to_itself():
+    # the table module is source: a written config (persistent, split, swap) must read back equal
+    from bertpool_fast.kernels.pooler import ARCH_CANDIDATES, tune_candidates
+
+    for arch in ("default", *ARCH_CANDIDATES):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            for _lo, _hi, cfg in tune_candidates(dtype, arch):
+                assert eval(tune.render_config(cfg), {"T": TileConfig}) == cfg  # noqa: S307

@@ -112,16 +112,17 @@ def time_call(call, n: int, dry_run: bool) -> harness.Timing:
     return harness.gpu_time(lambda i: call(i, None), n, reps=15, min_calls=32)
 
 
-def candidates_at(m: int, dtype: torch.dtype, dry_run: bool) -> list:
-    from bertpool_fast.kernels.pooler import TUNE_CANDIDATES
+def candidates_at(m: int, dtype: torch.dtype, dry_run: bool, arch: str = "default") -> list:
+    from bertpool_fast.kernels.pooler import tune_candidates
 
+    candidates = tune_candidates(dtype, arch)  # this architecture's own candidates included
     if dry_run:  # one plain, one split-K, one swap-AB candidate: every kernel branch
-        picks = [c for _, _, c in TUNE_CANDIDATES[dtype]]
+        picks = [c for _, _, c in candidates]
         plain = next(c for c in picks if c.split_k == 1 and not c.swap_ab)
         split = next(c for c in picks if c.split_k > 1 and not c.swap_ab)
         swap = next((c for c in picks if c.swap_ab), None)
         return [c for c in (plain, split, swap) if c is not None]
-    return [cfg for lo, hi, cfg in TUNE_CANDIDATES[dtype] if lo <= m <= hi]
+    return [cfg for lo, hi, cfg in candidates if lo <= m <= hi]
 
 
 def _warm_one(job: tuple[str, tuple, int, int]) -> Optional[str]:
@@ -191,7 +192,7 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
 
                 current = pick_config(m, dtype, False, arch)
                 configs = [(current, "current table")]
-                configs += [(c, "candidate") for c in candidates_at(m, dtype, dry_run)
+                configs += [(c, "candidate") for c in candidates_at(m, dtype, dry_run, arch)
                             if c != current]  # fmt: skip
                 for cfg, source in configs:
                     meas = Measurement(config_label(cfg), cfg._asdict(), source)
@@ -251,6 +252,8 @@ def render_config(cfg) -> str:
         extra += f", split_k={cfg.split_k}"
     if cfg.swap_ab:
         extra += ", swap_ab=True"
+    if cfg.persistent:
+        extra += ", persistent=True"
     return (f"T({cfg.block_m}, {cfg.block_n}, {cfg.block_k}, {cfg.num_warps}, "
             f"{cfg.num_stages}{extra})")  # fmt: skip
 
@@ -409,7 +412,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for m in batches:
                 for cfg in [
                     pick_config(m, dtype, False, arch),
-                    *candidates_at(m, dtype, args.dry_run),
+                    *candidates_at(m, dtype, args.dry_run, arch),
                 ]:
                     jobs.add((d, tuple(cfg), hidden, seq))
         precompile(sorted(jobs), workers)

@@ -300,6 +300,51 @@ def pooler_fwd_kernel(
 _launch_pooler_fwd = CachedLaunch(pooler_fwd_kernel)
 
 
+@triton.jit(do_not_specialize=["M"])
+def pooler_fwd_persistent_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
+    stride_om, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """pooler_fwd_kernel's plain tile (no split, no swap), with a grid of about one program per SM
+    that walks the output tiles i, i + programs, ...: no wave tail at large M, and the compiler
+    may start a tile's loads while the previous tile's epilogue runs. Each tile is computed as in
+    the plain kernel, so the result does not depend on the grid size."""
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles = tl.cdiv(M, BLOCK_M) * tiles_n
+    for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+        # N tiles fastest, as in the plain kernel: neighbouring programs share X rows
+        i_m = tile // tiles_n
+        i_n = tile % tiles_n
+        o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_m = o_m < M
+        m_n = o_n < N
+        acc = pooled_tile(
+            x_ptr, w_ptr, b_ptr, o_m, o_n, m_m, m_n, K, stride_xm, stride_xk, stride_wn,
+            stride_wk, stride_b, HAS_BIAS, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M,
+            BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+        tl.store(out_ptr + o_m[:, None] * stride_om + o_n[None, :],
+                 round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
+                 mask=m_m[:, None] & m_n[None, :])  # fmt: skip
+
+
+_launch_pooler_fwd_persistent = CachedLaunch(pooler_fwd_persistent_kernel)
+# Programs of a persistent launch on a CPU device (the interpreter): a few, so that every program
+# walks several tiles in the tests.
+INTERPRETER_PROGRAMS = 3
+
+
+@functools.cache
+def persistent_programs(device: torch.device) -> int:
+    """The persistent kernel's grid size on ``device``: its SM count, read once per device."""
+    if device.type != "cuda":
+        return INTERPRETER_PROGRAMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def fp32_dot_precision() -> str:
     """fp32 GEMMs follow torch's own switch for cuBLAS, as nn.Linear does: "ieee" or "tf32".
 
@@ -326,6 +371,8 @@ def check_config(config: TileConfig) -> None:
         raise ValueError(f"config.num_warps / num_stages out of range: {config}")
     if config.split_k < 1:
         raise ValueError(f"config.split_k must be >= 1, got {config.split_k}")
+    if config.persistent and (config.split_k > 1 or config.swap_ab):
+        raise ValueError(f"config.persistent takes neither split_k nor swap_ab: {config}")
 
 
 # Split-K scratch per (device, stream): fp32 partial sums and the per-tile ticket counters, which
@@ -394,6 +441,8 @@ def pooler_fwd(
         check_config(config)
     # cdiv written out (-(-a // b)): three calls fewer per launch
     grid_n, grid_m = -(-n // config.block_n), -(-m // config.block_m)
+    if config.persistent:
+        return _pooler_fwd_persistent(x, weight, bias, activation, out, config, grid_n * grid_m)
     # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
     split_k = max(1, min(config.split_k, -(-k // config.block_k)))
     if split_k > 1:
@@ -438,6 +487,29 @@ def pooler_fwd(
     return out
 
 
+def _pooler_fwd_persistent(x, weight, bias, activation, out, config, tiles):
+    m, k, n = x.shape[0], x.shape[-1], weight.shape[0]
+    dtype = x.dtype
+    with device_of(x):
+        _launch_pooler_fwd_persistent(
+            (min(tiles, persistent_programs(x.device)),),
+            (
+                x, weight, weight if bias is None else bias, out, m, n, k, x.stride(0),
+                x.stride(-1), weight.stride(0), weight.stride(1),
+                bias.stride(0) if bias is not None else 0, out.stride(0),
+            ),
+            (
+                bias is not None, activation,
+                fp32_dot_precision() if dtype == torch.float32 else "ieee",
+                interpreter_enabled() and dtype == torch.bfloat16,
+                config.block_m, config.block_n, config.block_k,
+            ),
+            config.num_warps,
+            config.num_stages,
+        )  # fmt: skip
+    return out
+
+
 # What ``python -m bench.tune`` measures, per dtype: (smallest M, largest M it is tried at, config).
 # Chosen for H = 768 (N = K = 768: 12 K chunks of 64) on a 132-SM H100; "programs" is the grid
 # size at the bucket's M. Reasoning:
@@ -452,8 +524,15 @@ def pooler_fwd(
 #     96 at M = 512, so split-K 2/4 and 64x32 tiles lift the small end to ~100-200 programs.
 #   * M >= 512: 128-row tiles; 128x128 at M = 8192 is 384 tiles, 2.9 waves of one CTA per SM, but
 #     at 96 KiB of shared memory (3 stages) two CTAs fit per SM (1.45 waves); 128x64 / 64x128 (4
-#     warps, 4 stages) move that tail. 128x256 and 256x128 (8 warps) were dropped: they spill on
-#     sm_80 (255 registers), and every candidate must compile spill-free for both targets.
+#     warps, 4 stages) move that tail.
+#   * M >= 1024, where the H100 run (2026-11-26) found 128x128x64 w8 s3 slower than cuBLAS + tanh:
+#     K = 768 is only 12 chunks of 64, so each tile's pipeline fill/drain and epilogue weigh; a
+#     BLOCK_K of 128 halves the iterations (2 or 3 stages), a 4th stage hides more latency. Bigger
+#     tiles (128x256, 256x128, 64x256) halve the programs and reread X / W half as often; they
+#     compile spill-free on sm_90 but spill (or sit at 255 registers) on sm_80 under Triton 3.6,
+#     so they are sm_90-only candidates (ARCH_CANDIDATES below). So are the persistent ones (one
+#     program per SM looping over tiles, Triton tutorial 09's pattern: no tail wave, the next
+#     tile's loads can overlap this one's epilogue), which spill on sm_80 under Triton 3.9.
 # Every candidate is a multiple of 64 rows in whole warpgroups (wgmma on sm_90) except the 16- and
 # 32-row non-swapped ones, kept because at M <= 16 the MMA shape hardly matters.
 _HALF_CANDIDATES = (
@@ -475,6 +554,9 @@ _HALF_CANDIDATES = (
     (256, 8192, TileConfig(64, 128, 64, 4, 4)),
     (512, 8192, TileConfig(128, 128, 64, 8, 3)),
     (512, 8192, TileConfig(128, 128, 64, 4, 4)),
+    (1024, 8192, TileConfig(128, 128, 64, 8, 4)),
+    (1024, 8192, TileConfig(128, 128, 128, 8, 2)),
+    (1024, 8192, TileConfig(128, 128, 128, 8, 3)),
 )
 # fp32 (optional in the sweep): the default table's tiles and a split-K one for small M.
 _FP32_CANDIDATES = (
@@ -490,6 +572,30 @@ TUNE_CANDIDATES = {
     torch.bfloat16: _HALF_CANDIDATES,
     torch.float32: _FP32_CANDIDATES,
 }
+# Candidates tuned only on one architecture (a table key), and so only ever written into its
+# table; each must compile spill-free for that target alone (inspection compiles it only there).
+_SM90_HALF_CANDIDATES = (
+    (2048, 8192, TileConfig(128, 256, 64, 8, 3)),
+    (2048, 8192, TileConfig(256, 128, 64, 8, 3)),
+    (1024, 8192, TileConfig(64, 256, 64, 4, 4)),
+    # persistent (pooler_fwd_persistent_kernel): one program per SM, no wave tail; sm_80 spills
+    (2048, 8192, TileConfig(128, 128, 64, 8, 4, persistent=True)),
+    (2048, 8192, TileConfig(128, 128, 128, 8, 2, persistent=True)),
+    (4096, 8192, TileConfig(128, 256, 64, 8, 3, persistent=True)),
+)
+ARCH_CANDIDATES = {
+    "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},
+}
+
+
+def tune_candidates(dtype: torch.dtype, arch: str = "default") -> tuple:
+    """What ``python -m bench.tune`` tries on a GPU whose table key is ``arch``: (lo, hi, config)."""
+    return TUNE_CANDIDATES[dtype] + ARCH_CANDIDATES.get(arch, {}).get(dtype, ())
+
+
+def inspection_arch(arch: str) -> str:
+    """A table key's compile target name in ``inspect``: "sm90" -> "sm_90"."""
+    return f"sm_{arch[2:]}"
 
 
 def config_label(cfg: TileConfig) -> str:
@@ -497,7 +603,7 @@ def config_label(cfg: TileConfig) -> str:
     label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
     if cfg.split_k > 1:
         label += f" k{cfg.split_k}"
-    return label + (" swap" if cfg.swap_ab else "")
+    return label + (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
 
 
 def inspection_cases() -> list:
@@ -529,6 +635,13 @@ def inspection_cases() -> list:
         for lo, hi, cfg in candidates:
             name = f"pooler_fwd_candidate {DTYPE_NAMES[dtype]} {config_label(cfg)}"
             cases.append(_case(name, dtype, cfg, {"table": "candidate", "m_range": (lo, hi)}))
+    for arch, by_dtype in ARCH_CANDIDATES.items():
+        for dtype, candidates in by_dtype.items():
+            for lo, hi, cfg in candidates:
+                name = f"pooler_fwd_candidate {DTYPE_NAMES[dtype]} {arch} {config_label(cfg)}"
+                only = inspection_arch(arch)
+                tags = {"table": "candidate", "m_range": (lo, hi), "only_arch": only}
+                cases.append(_case(name, dtype, cfg, tags))
     return cases
 
 
@@ -536,16 +649,17 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
     from .inspection import TRITON_DTYPE, KernelCase
 
     t = TRITON_DTYPE[dtype]
+    # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB
+    scratch = () if cfg.persistent else ("ws_ptr", "ticket_ptr")
     return KernelCase(
         name=name,
-        kernel=pooler_fwd_kernel,
+        kernel=pooler_fwd_persistent_kernel if cfg.persistent else pooler_fwd_kernel,
         signature={
             "x_ptr": f"*{t}",
             "w_ptr": f"*{t}",
             "b_ptr": f"*{t}",
             "out_ptr": f"*{t}",
-            "ws_ptr": "*fp32",
-            "ticket_ptr": "*i32",
+            **({"ws_ptr": "*fp32", "ticket_ptr": "*i32"} if scratch else {}),
             "M": "i32",
             "N": "i32",
             "K": "i32",
@@ -564,8 +678,7 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "BLOCK_M": cfg.block_m,
             "BLOCK_N": cfg.block_n,
             "BLOCK_K": cfg.block_k,
-            "SPLIT_K": cfg.split_k,
-            "SWAP_AB": cfg.swap_ab,
+            **({} if cfg.persistent else {"SPLIT_K": cfg.split_k, "SWAP_AB": cfg.swap_ab}),
         },
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -576,8 +689,7 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "w_ptr",
             "b_ptr",
             "out_ptr",
-            "ws_ptr",
-            "ticket_ptr",
+            *scratch,
             "N",
             "K",
             "stride_xm",

@@ -15,6 +15,8 @@ class TileConfig(NamedTuple):
     # output tile, reduced in fixed order; and the swapped product W @ X^T (see kernels/pooler.py).
     split_k: int = 1
     swap_ab: bool = False
+    # one program per SM looping over the output tiles (plain tiles only; kernels/pooler.py)
+    persistent: bool = False
 
 
 # A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound

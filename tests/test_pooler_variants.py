@@ -8,18 +8,22 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bertpool_fast.kernels import pooler as pooler_module
 from bertpool_fast.kernels import pooler_tables
 from bertpool_fast.kernels.pooler import (
     _SPLIT_K_SCRATCH,
+    ARCH_CANDIDATES,
     BATCH_INVARIANT_CONFIGS,
     DTYPE_NAMES,
     POOLER_TABLES,
     TUNE_CANDIDATES,
     arch_key,
     config_label,
+    inspection_cases,
     pick_config,
     pooler_fwd,
     table_arch,
+    tune_candidates,
     wgmma_shaped,
 )
 from bertpool_fast.kernels.tiles import TileConfig
@@ -90,7 +94,8 @@ def _every_config(dtype) -> list[TileConfig]:
     tuning candidates, once each."""
     configs = [cfg for tables in POOLER_TABLES.values() for _, cfg in tables[dtype]]
     configs += [cfg for _, cfg in BATCH_INVARIANT_CONFIGS[dtype]]
-    configs += [cfg for _, _, cfg in TUNE_CANDIDATES[dtype]]
+    for arch in ("default", *ARCH_CANDIDATES):
+        configs += [cfg for _, _, cfg in tune_candidates(dtype, arch)]
     return list(dict.fromkeys(configs))
 
 
@@ -149,9 +154,22 @@ def test_candidates_are_wgmma_shaped_where_they_claim():
     # The reasoning in kernels/pooler.py: every half-precision candidate with 64 MMA rows runs in
     # whole warpgroups, and only 16- and 32-row non-swapped tiles fall back to mma.sync.
     for dtype in (torch.float16, torch.bfloat16):
-        for _lo, _hi, cfg in TUNE_CANDIDATES[dtype]:
+        for _lo, _hi, cfg in tune_candidates(dtype, "sm90"):
             rows = cfg.block_n if cfg.swap_ab else cfg.block_m
             assert wgmma_shaped(cfg) or (rows < 64 and not cfg.swap_ab), config_label(cfg)
+
+
+def test_architecture_candidates_stay_on_their_architecture():
+    # An architecture's own candidates (tiles that spill elsewhere) are tried by the tuner on that
+    # architecture alone, so they can only enter its table; inspect compiles them for it alone.
+    for arch, by_dtype in ARCH_CANDIDATES.items():
+        for dtype, extra in by_dtype.items():
+            assert tune_candidates(dtype, arch) == TUNE_CANDIDATES[dtype] + extra
+            assert tune_candidates(dtype, "default") == TUNE_CANDIDATES[dtype]
+            assert not {c for _, _, c in extra} & {c for _, _, c in TUNE_CANDIDATES[dtype]}
+    only = [c.tags["only_arch"] for c in inspection_cases() if "only_arch" in c.tags]
+    assert len(only) == sum(len(e) for by in ARCH_CANDIDATES.values() for e in by.values())
+    assert set(only) == {f"sm_{arch[2:]}" for arch in ARCH_CANDIDATES}
 
 
 def test_runtime_picks_the_table_of_its_device():
@@ -178,11 +196,33 @@ def test_batch_invariant_ignores_the_architecture():
             assert pick_config(m, torch.float16, True, arch) == pick_config(m, torch.float16, True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_persistent_result_does_not_depend_on_the_grid_interpreter(dtype, monkeypatch):
+    # The persistent kernel's grid is the device's SM count; each tile is the plain kernel's, so
+    # any program count gives the plain kernel's bits. Small tiles (18 of them, tails in M, N and
+    # K) make every program walk several tiles.
+    hidden, weight, bias = make_inputs(37, 2, 200, 88, dtype)
+    cfg = TileConfig(16, 32, 32, 4, 2, persistent=True)
+    plain = run_checked(hidden, weight, bias, cfg._replace(persistent=False))
+    assert_close_rel(plain, reference64(hidden, weight, bias), dtype)
+    try:
+        for programs in (1, 4, 7, 64):
+            monkeypatch.setattr(pooler_module, "INTERPRETER_PROGRAMS", programs)
+            pooler_module.persistent_programs.cache_clear()
+            out = run_checked(hidden, weight, bias, cfg)
+            assert torch.equal(out, plain), f"{programs} programs"
+    finally:
+        pooler_module.persistent_programs.cache_clear()  # no count cached past the patch
+
+
 def test_config_override_is_validated():
     hidden, weight, bias = make_inputs(2, 1, 32, 16, torch.float32)
     with pytest.raises(TypeError, match="config must be a TileConfig"):
         pooler_fwd(hidden, weight, bias, "tanh", config=(16, 16, 16, 4, 1))
     with pytest.raises(ValueError, match="config.block_n must be a power of two"):
         pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(16, 24, 16, 4, 1))
+    with pytest.raises(ValueError, match="config.persistent takes neither"):
+        cfg = TileConfig(16, 16, 16, 4, 1, split_k=2, persistent=True)
+        pooler_fwd(hidden, weight, bias, "tanh", config=cfg)
     with pytest.raises(ValueError, match="config.split_k must be >= 1"):
         pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(16, 16, 16, 4, 1, split_k=0))

@@ -696,7 +696,7 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "stride_wn",
             "stride_om",
         ),
-        tags=dict(tags, wgmma_shape=wgmma_shaped(cfg)),
+        tags=dict(tags, wgmma_shape=wgmma_shaped(cfg), config=cfg),
     )
 
 

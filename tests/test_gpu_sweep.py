@@ -32,9 +32,7 @@ def shipped_pooler_configs() -> list[tuple[torch.dtype, TileConfig, str]]:
     for case in pooler.inspection_cases():
         if case.tags.get("table") == "candidate":
             continue
-        c = case.constexprs
-        cfg = TileConfig(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], case.num_warps, case.num_stages,
-                         c["SPLIT_K"], c["SWAP_AB"])  # fmt: skip
+        cfg = case.tags["config"]  # the TileConfig itself (split-K, swap-AB, persistent kept)
         for dtype in (
             (torch.float16, torch.bfloat16) if case.dtype != torch.float32 else (torch.float32,)
         ):
@@ -42,7 +40,8 @@ def shipped_pooler_configs() -> list[tuple[torch.dtype, TileConfig, str]]:
                 seen.add((dtype, cfg))
                 out.append((dtype, cfg, f"{DTYPE_IDS[dtype]}-{'x'.join(map(str, cfg[:5]))}"
                             + (f"-k{cfg.split_k}" if cfg.split_k > 1 else "")
-                            + ("-swap" if cfg.swap_ab else "")))  # fmt: skip
+                            + ("-swap" if cfg.swap_ab else "")
+                            + ("-persistent" if cfg.persistent else "")))  # fmt: skip
     return out
 
 

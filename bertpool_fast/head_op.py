@@ -19,6 +19,13 @@ from .reference import classifier_head_reference
 from .validation import autocast_inputs, resolve_backend, validate_head_args
 
 
+# Above this batch the pooler kernel followed by F.linear (cuBLAS) is faster than the one-launch
+# head: measured on an H100 (2026-11-26, fp16, H = 768, 2 labels, GPU time) the fused head took
+# 7.3 / 8.0 us at B = 1 / 8 against 7.8 / 11.1 us for pooler + linear, but 12.6 vs 11.2 at B = 32,
+# 13.9 vs 11.7 at 128 and 72 vs 12 at 512 (bench/results/NVIDIA-H100-80GB-HBM3-2026-11-26-run2).
+FUSED_HEAD_MAX_BATCH = 16
+
+
 def fused_classifier_head(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
@@ -32,8 +39,8 @@ def fused_classifier_head(
     """``act(hidden_states[:, 0] @ weight.T + bias) @ classifier_weight.T + classifier_bias``.
 
     hidden_states: [B, S, H] any strides; weight: [N, H]; classifier_weight: [L, N]. One launch for
-    L <= 128 labels (pooled rows rounded to the input dtype on chip, as eager rounds them); more
-    labels run the pooler kernel then ``F.linear``. Forward only: with grad recorded it runs eagerly.
+    L <= 128 labels and B <= FUSED_HEAD_MAX_BATCH (pooled rows rounded to the input dtype on chip,
+    as eager rounds them); otherwise the pooler kernel then ``F.linear``, which measured faster. Forward only: with grad recorded it runs eagerly.
     Returns [B, L] in the input dtype. Under ``torch.autocast`` the inputs are first cast as the two
     eager ``nn.Linear`` calls cast theirs (only the first-token rows of ``hidden_states``), so the
     logits have the autocast dtype, as eager's do.
@@ -58,7 +65,7 @@ def fused_classifier_head(
         return classifier_head_reference(
             hidden_states[:, 0], weight, bias, classifier_weight, classifier_bias, activation
         )
-    if classifier_weight.shape[0] > MAX_LABELS:
+    if classifier_weight.shape[0] > MAX_LABELS or hidden_states.shape[0] > FUSED_HEAD_MAX_BATCH:
         pooled = fused_pooler(hidden_states, weight, bias, activation=activation, backend=chosen)
         return F.linear(pooled, classifier_weight, classifier_bias)
     # the launcher reads position 0 of each sequence through the strides: no [:, 0] view

@@ -515,3 +515,28 @@ def test_second_gpu_while_first_is_current():
         out = fused_classifier_head(h, w1, b1, w2, b2, backend="triton")
     assert out.device == h.device
     assert_close_rel(out, reference64(h, w1, b1, w2, b2, "tanh", torch.float32), torch.float32)
+
+
+@pytest.mark.parametrize(
+    "batch", [1, head_op.FUSED_HEAD_MAX_BATCH, head_op.FUSED_HEAD_MAX_BATCH + 1]
+)
+def test_head_fuses_only_where_it_measured_faster(monkeypatch, batch):
+    # Up to FUSED_HEAD_MAX_BATCH rows the head is one launch; above it, the pooler kernel and then
+    # F.linear (the H100 measured that faster). Both give eager's logits.
+    launched = []
+    original = head_op.classifier_head_fwd
+
+    def spy(*args, **kwargs):
+        launched.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(head_op, "classifier_head_fwd", spy)
+    h = randn(batch, 3, 64)
+    w1, b1 = randn(64, 64, scale=64**-0.5), randn(64, scale=0.1)
+    w2, b2 = randn(5, 64, scale=64**-0.5), randn(5, scale=0.1)
+    with torch.no_grad():
+        logits = fused_classifier_head(h, w1, b1, w2, b2)
+    assert launched == ([batch] if batch <= head_op.FUSED_HEAD_MAX_BATCH else [])
+    x = h[:, 0].double()
+    pooled = torch.tanh(x @ w1.double().T + b1.double()).to(h.dtype).double()
+    assert_close_rel(logits, pooled @ w2.double().T + b2.double(), h.dtype)

@@ -67,6 +67,10 @@ def _worker(rank, port, state, batches, out_path):
             torch.save(
                 {"grads": grads, "params": params, "interp": interpreter_enabled()}, out_path
             )
+        # Neither rank tears gloo down while the other still uses it: a rank that exits first
+        # closes the pair, and the other's gloo thread may then abort the process (seen here,
+        # about 1 run in 7: "terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

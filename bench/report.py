@@ -21,7 +21,7 @@ CPU_NOTICE = (
     "Triton's CPU interpreter to check its output, and torch.compile was not run. "
     "Run `bash bench/run_gpu.sh` on a GPU machine for the real report."
 )
-# The targets, at H = 768 in fp16 and bf16 (reported, never asserted)
+# The targets, at H = 768 in fp16 and bf16 (reported, never asserted)
 TARGET_H = 768
 TARGET_DTYPES = ("fp16", "bf16")
 EAGER_RATIO = 0.7  # GPU time at most 0.7x eager BertPooler
@@ -254,7 +254,7 @@ def invariance_cost(records: list[dict]) -> list[str]:
     worst = max(costs)
     verdict = (
         f"Worst cost {worst * 100:+.1f}% is under {INVARIANCE_MAX_COST * 100:.0f}% at every "
-        "benchmarked case: by the issue's rule batch_invariant=True should become the default."
+        "benchmarked case: by the rule above batch_invariant=True should become the default."
         if worst < INVARIANCE_MAX_COST
         else f"Worst cost {worst * 100:+.1f}% is over {INVARIANCE_MAX_COST * 100:.0f}%: "
         "batch_invariant stays an option (default False)."

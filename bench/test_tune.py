@@ -1,5 +1,5 @@
 """``python -m bench.tune``: the sweep's code path on CPU (``--dry-run``, interpreter), the table it
-writes, and how winners become buckets. The timings themselves need a GPU (the lead's run)."""
+writes, and how winners become buckets. The timings themselves need a GPU (bench/run_gpu.sh)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,9 @@ def test_dry_run_writes_the_table_where_told(tmp_path):
     assert _load(str(target)).TABLES["default"]["bf16"][-1][0] is None
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU sweep is the lead's run")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="on a GPU, bench/run_gpu.sh runs the real sweep"
+)
 def test_refuses_a_real_sweep_without_a_gpu(capsys):
     assert tune.main(["--out", os.devnull]) == 2
     assert "--dry-run" in capsys.readouterr().err

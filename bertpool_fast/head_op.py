@@ -18,7 +18,6 @@ from .ops import fused_pooler
 from .reference import classifier_head_reference
 from .validation import autocast_inputs, resolve_backend, validate_head_args
 
-
 # Above this batch the pooler kernel followed by F.linear (cuBLAS) is faster than the one-launch
 # head: measured on an H100 (2026-11-26, fp16, H = 768, 2 labels, GPU time) the fused head took
 # 7.3 / 8.0 us at B = 1 / 8 against 7.8 / 11.1 us for pooler + linear, but 12.6 vs 11.2 at B = 32,

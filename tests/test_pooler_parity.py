@@ -35,7 +35,7 @@ def reference64(hidden, weight, bias, activation="tanh"):
     )
 
 
-# (B, S, H_in, H_out): the hidden sizes, odd sizes, N != K, and every batch bucket edge of
+# (B, S, H_in, H_out): the BERT-family hidden sizes, odd sizes, N != K, and every batch bucket edge of
 # the tile table (16/17, 64/65, 256/257) so each config and its masked edge tiles run.
 SHAPES = [
     pytest.param(1, 1, 128, 128, id="B1-S1-H128"),

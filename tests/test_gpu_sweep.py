@@ -343,7 +343,7 @@ def shipped_pool_configs(h: int):
 
 
 def run_pool_case(dtype, cfg, mode, normalize, full):
-    from bertpool_fast.masked_pooling import masked_pool_reference
+    from bertpool_fast.embedding_ops import masked_pool_reference
 
     h = 3 * cfg.block_h // 2 + 8 if cfg.block_h < 1024 else 40
     steps = sorted({1, 2, 3, 4}) if full else [3]

@@ -3,6 +3,8 @@
 #   1. tune: `python3 -m bench.tune` times the tile candidates on this GPU, checks each against a
 #      float64 reference, and writes the winning table for its architecture into
 #      kernels/pooler_tables.py (TUNE=0 keeps the committed table);
+#   1b. attribution: `python3 -m bench.attribute` splits the large-M time of the fused kernel
+#      (tanh epilogue, bias, main loop, strided rows, TMA) next to cuBLAS (ATTRIBUTE=0 skips it);
 #   2. install this checkout non-editable (python3 -m pip, no network, no build isolation);
 #   3. GPU correctness: the tile sweep of every kernel, the GPU-marked tests, forward parity on the
 #      compiled kernel, the fp32 compiled-code scan;
@@ -20,6 +22,7 @@ cd "$(dirname "$0")/.."
 TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-450}
 TUNE_BUDGET_S=${TUNE_BUDGET_S:-150}
 TUNE=${TUNE:-1}
+ATTRIBUTE=${ATTRIBUTE:-1}
 DRY_RUN=${DRY_RUN:-0}
 START=$(date +%s)
 left() { echo $(( TOTAL_BUDGET_S - ($(date +%s) - START) )); }
@@ -70,6 +73,17 @@ if [ "$TUNE" = 1 ]; then
     timeout $(( (TUNE_BUDGET_S + 30) * SLOW )) "$PY" -m bench.tune --budget-s "$TUNE_BUDGET_S" --out "$RESULTS/tune" "${TUNE_ARGS[@]}" 2>&1 | tee "$RESULTS/tune.log" | tail -n 40
     TUNE_RC=${PIPESTATUS[0]}
     say "tune exit code $TUNE_RC"
+fi
+
+ATTRIBUTE_RC=0
+if [ "$ATTRIBUTE" = 1 ]; then
+    ATTRIBUTE_ARGS=()
+    if [ "$DRY_RUN" = 1 ]; then ATTRIBUTE_ARGS=(--dry-run); fi
+    say "large-M attribution (the table just tuned)"
+    timeout $(( 90 * SLOW )) "$PY" -m bench.attribute --out "$RESULTS/attribute" "${ATTRIBUTE_ARGS[@]}" > "$RESULTS/attribute.log" 2>&1
+    ATTRIBUTE_RC=$?
+    tail -n 16 "$RESULTS/attribute.log"
+    say "attribution exit code $ATTRIBUTE_RC"
 fi
 
 # After tuning, so that the installed copy carries the table just written.
@@ -128,10 +142,10 @@ if [ "$DRY_RUN" = 1 ]; then INSPECT_ARGS=(--kernel "pooler_fwd fp16" --arch sm_9
 timeout $(( 45 * SLOW )) env -u TRITON_INTERPRET "$PY" -m bertpool_fast inspect "${INSPECT_ARGS[@]}" > "$RESULTS/inspect.txt" 2>&1 || say "inspect failed or did not finish in $(( 45 * SLOW )) s (see $RESULTS/inspect.txt)"
 tail -n 1 "$RESULTS/inspect.txt"
 
-say "done in $(( $(date +%s) - START ))s; tune rc=$TUNE_RC, GPU tests rc=$TESTS_RC, benchmark rc=$BENCH_RC"
+say "done in $(( $(date +%s) - START ))s; tune rc=$TUNE_RC, attribution rc=$ATTRIBUTE_RC, GPU tests rc=$TESTS_RC, benchmark rc=$BENCH_RC"
 if [ "$DRY_RUN" != 1 ]; then
     echo "commit the results:  git add $RESULTS kernels/pooler_tables.py && git commit -m \"Benchmark results: $(basename "$RESULTS")\""
 else
     rm -rf "$RESULTS/venv"
 fi
-[ "$TUNE_RC" = 0 ] && [ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ]
+[ "$TUNE_RC" = 0 ] && [ "$ATTRIBUTE_RC" = 0 ] && [ "$TESTS_RC" = 0 ] && [ "$BENCH_RC" = 0 ]

@@ -581,7 +581,6 @@ _SM90_HALF_CANDIDATES = (
     # persistent (pooler_fwd_persistent_kernel): one program per SM, no wave tail; sm_80 spills
     (2048, 8192, TileConfig(128, 128, 64, 8, 4, persistent=True)),
     (2048, 8192, TileConfig(128, 128, 128, 8, 2, persistent=True)),
-    (4096, 8192, TileConfig(128, 256, 64, 8, 3, persistent=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},

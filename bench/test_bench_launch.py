@@ -75,7 +75,7 @@ def make_call(contestant: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor
         fast = FastBertPooler.from_pooler(_bert_pooler(h.shape[-1], w, b))
         return lambda i: fast(h)
     if contestant == "fused_pooler":
-        return lambda i: fused_pooler(h, w, b, backend="triton")
+        return lambda i: fused_pooler(h, w, b)  # as users call it: backend "auto"
     if contestant == "addmm_tanh":
         return lambda i: torch.tanh(torch.addmm(b, h[:, 0], w.t()))
     if contestant == "empty_jit":
@@ -159,15 +159,19 @@ class _StandInDriver:
 
 
 def host_time_us(iters: int) -> dict[str, float]:
-    """Minimum µs per ``pooler_fwd`` call (fp16, B = 8, H = 768, CPU tensors), launcher a no-op.
+    """Minimum µs per call (fp16, B = 8, H = 768, CPU tensors), the compiled launcher a no-op.
 
-    "jit": the launch through ``JITFunction.run`` (Triton's bind, specialize, key, metadata), as
-    before the cache; "cached": through ``CachedLaunch`` on a hit. The stand-in stream/device reads
-    cost about what torch's C calls do. Both paths must hand the launcher the same arguments.
+    "jit": ``pooler_fwd`` launching through ``JITFunction.run`` (Triton's bind, specialize, key,
+    metadata), as before the cache; "cached": ``pooler_fwd`` through ``CachedLaunch`` on a hit;
+    "inference": ``ops.pooler_inference`` (what ``fused_pooler`` and ``FastBertPooler`` call) with
+    no plan, i.e. its checks, then ``pooler_fwd`` through the cache; "planned": the same call
+    running its ``PoolerPlan``. The stand-in stream/device reads cost about what torch's C calls
+    do. The cached and planned launches must hand the launcher the arguments Triton's does.
     """
     from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
 
+    from bertpool_fast import ops
     from bertpool_fast.kernels import pooler
     from bertpool_fast.kernels.launch import CachedLaunch
 
@@ -184,31 +188,50 @@ def host_time_us(iters: int) -> dict[str, float]:
     bias = torch.randn(H).half()
     out = torch.empty(8, H, dtype=torch.float16)
     saved_driver, saved_launch = driver._active, pooler._launch_pooler_fwd
+    saved = ops._PLANS, ops._CPU_KERNEL, ops._remember_plan
     driver.set_active(_StandInDriver())
     launched, caches = {}, {}
-    rounds: dict[str, list[float]] = {"jit": [], "cached": []}
+    rounds: dict[str, list[float]] = {
+        name: [] for name in ("jit", "cached", "inference", "planned")
+    }
+    remember = ops._remember_plan
+    calls = {
+        "jit": lambda: pooler.pooler_fwd(x, w, bias, "tanh", out=out),
+        "cached": lambda: pooler.pooler_fwd(x, w, bias, "tanh", out=out),
+        "inference": lambda: ops.pooler_inference(x, w, bias, "tanh"),
+        "planned": lambda: ops.pooler_inference(x, w, bias, "tanh"),
+    }
     try:
-        for name, enabled in (("jit", False), ("cached", True)):
-            cache = CachedLaunch(jit, enabled=enabled)
-            cache.current_device = lambda: 0
+        ops._CPU_KERNEL = True  # CPU tensors take the inference path here, GPU machine or not
+        for name in calls:
+            cache = CachedLaunch(jit, enabled=name != "jit")
+            cache.current_device = lambda: -1  # what get_device() says of CPU tensors
             cache.current_stream = lambda device: 0
             caches[name] = cache
             pooler._launch_pooler_fwd = cache
+            ops._PLANS = {}
+            ops._remember_plan = remember if name == "planned" else _no_plan
             for _ in range(3):  # miss, then hits
-                pooler.pooler_fwd(x, w, bias, "tanh", out=out)
+                calls[name]()
             launched[name] = compiled.last
         assert caches["cached"].entries, "the host figure must time cache hits"
+        assert ops._PLANS, "the planned figure must time a plan"
+        ops._remember_plan = _no_plan  # the plan is made: "inference" must not make one
+        plans = ops._PLANS
         # interleaved rounds, minimum per path: this is host time, and other processes only add
         for _ in range(9):
             for name, cache in caches.items():
                 pooler._launch_pooler_fwd = cache
+                ops._PLANS = plans if name == "planned" else {}
+                call = calls[name]
                 t0 = time.perf_counter()
                 for _ in range(iters):
-                    pooler.pooler_fwd(x, w, bias, "tanh", out=out)
+                    call()
                 rounds[name].append((time.perf_counter() - t0) * 1e6 / iters)
     finally:
         driver._active = saved_driver
         pooler._launch_pooler_fwd = saved_launch
+        ops._PLANS, ops._CPU_KERNEL, ops._remember_plan = saved
     results = {name: min(r) for name, r in rounds.items()}
     # the launchers computed their grids with triton.cdiv before (two calls for the pooler)
     t0 = time.perf_counter()
@@ -216,13 +239,23 @@ def host_time_us(iters: int) -> dict[str, float]:
         triton.cdiv(768, 32), triton.cdiv(8, 16)
     results["two_triton_cdiv"] = (time.perf_counter() - t0) * 1e6 / iters
     # grid, stream, function, packed metadata, then the kernel's arguments in signature order;
-    # Triton passes its launch metadata and hook chains where the cache passes None (no hooks)
-    jit_args, cached_args = launched["jit"], launched["cached"]
-    assert jit_args[:6] == cached_args[:6] and cached_args[6:9] == (None, None, None)
-    assert len(jit_args) == len(cached_args)
-    for a, c in zip(jit_args[9:], cached_args[9:]):
-        assert a is c if isinstance(a, torch.Tensor) else a == c, (a, c)
+    # Triton passes its launch metadata and hook chains where the cache passes None (no hooks).
+    # The inference paths allocate their own output: compared by everything but its address.
+    jit_args = launched["jit"]
+    for name in ("cached", "planned"):
+        args = launched[name]
+        assert jit_args[:6] == args[:6] and args[6:9] == (None, None, None), name
+        assert len(jit_args) == len(args), name
+        for a, c in zip(jit_args[9:], args[9:]):
+            if isinstance(a, torch.Tensor):
+                assert (a is c) if a is not out else (a.shape, a.dtype) == (c.shape, c.dtype)
+            else:
+                assert a == c, (name, a, c)
     return results
+
+
+def _no_plan(*args) -> None:
+    pass
 
 
 def test_host_time_per_call(request, bench_results):
@@ -232,15 +265,17 @@ def test_host_time_per_call(request, bench_results):
         return
     label = "GPU machine host-time" if harness.HAS_CUDA else "CPU host-time"
     nan = float("nan")
-    for contestant in ("jit", "cached"):
+    for contestant in ("jit", "cached", "inference", "planned"):
         # the summary table's fields; "wall_us" is host time here, no GPU work is launched
         bench_results.append({"bench": "launch_host", "label": label, "contestant": contestant,
                               "wall_us": figures[contestant], "floor_us": nan,
                               "time_over_floor": nan,
                               "two_triton_cdiv_us": figures["two_triton_cdiv"]})  # fmt: skip
     print(f"\n{label}: pooler_fwd up to the launch: {figures['jit']:.2f} us via kernel[grid], "
-          f"{figures['cached']:.2f} us via the launch cache; the two triton.cdiv calls the "
-          f"launcher made before cost {figures['two_triton_cdiv']:.2f} us")  # fmt: skip
+          f"{figures['cached']:.2f} us via the launch cache; pooler_inference: "
+          f"{figures['inference']:.2f} us without a plan, {figures['planned']:.2f} us with one; "
+          f"the two triton.cdiv calls the launcher made before cost "
+          f"{figures['two_triton_cdiv']:.2f} us")  # fmt: skip
 
 
 # ---- end to end: BERT-base forward, eager against patched, interleaved ----------------------------

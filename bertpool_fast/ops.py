@@ -13,6 +13,7 @@ Under ``torch.autocast`` the inputs are cast first, exactly as eager ``nn.Linear
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -22,6 +23,7 @@ from .kernels import (
     ACTIVATIONS,
     BWD_ACTIVATIONS,
     interpreter_enabled,
+    plan_pooler_fwd,
     pooler_bwd_dw,
     pooler_bwd_dx,
     pooler_fwd,
@@ -232,6 +234,17 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
     check of the full path. Anything else takes the full path, whose messages and behaviour are
     the reference: this is only a shortcut to its own answer.
     """
+    if not _is_compiling():
+        plans = _PLANS.get(id(weight))
+        if plans is not None and plans[0]() is weight and type(hidden_states) in _PLAIN:
+            plan = plans[1].get(hidden_states.shape[0]) if hidden_states.dim() == 3 else None
+            if plan is not None and _plan_applies(plan, hidden_states, weight, bias, activation):
+                try:
+                    out = plan.run(hidden_states, weight, bias)
+                except Exception:  # noqa: BLE001 - e.g. a .data swapped to a sparse tensor:
+                    out = None  # not the planned call; the full path below says what it is
+                if out is not None:
+                    return out
     b = bias
     if (
         type(hidden_states) in _PLAIN
@@ -261,8 +274,60 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
         and (b is None or b.shape[0] == weight.shape[0])
         and activation in ACTIVATIONS
     ):
-        return pooler_fwd(hidden_states, weight, bias, activation)
+        out = pooler_fwd(hidden_states, weight, bias, activation)
+        _remember_plan(hidden_states, weight, bias, activation)
+        return out
     return _fused_pooler(hidden_states, weight, bias, activation, "auto", False)
+
+
+def _plan_applies(plan, hidden_states, weight, bias, activation) -> bool:
+    # pooler_inference's conditions that a plan does not check itself (it compares the launch's
+    # arguments: dtypes, shapes, strides, addresses, the device)
+    return (
+        activation == plan.activation
+        and hidden_states.layout is _STRIDED
+        and (bias is None or (type(bias) in _PLAIN and bias.layout is _STRIDED))
+        and weight.layout is _STRIDED
+        and not (
+            _is_grad_enabled()
+            and (
+                hidden_states.requires_grad
+                or weight.requires_grad
+                or (bias is not None and bias.requires_grad)
+            )
+        )
+        and not _is_autocast_enabled(plan.device_type)
+    )
+
+
+# Launches worked out once (kernels.pooler.PoolerPlan) per weight tensor and batch size:
+# id(weight) -> (weak reference to the weight, {M: plan}). Nothing holds the weight or bias alive;
+# the entry goes with the weight. A serving loop sees a handful of batch sizes per weight; past
+# _PLANS_PER_WEIGHT distinct ones the oldest are forgotten.
+_PLANS: dict = {}
+_PLANS_PER_WEIGHT = 64
+
+
+def _remember_plan(hidden_states, weight, bias, activation) -> None:
+    key = id(weight)
+    entry = _PLANS.get(key)
+    if entry is None or entry[0]() is not weight:
+
+        def forget(ref, key=key):
+            if _PLANS.get(key, (None,))[0] is ref:
+                _PLANS.pop(key, None)
+
+        try:
+            entry = _PLANS[key] = (weakref.ref(weight, forget), {})
+        except TypeError:  # not weakly referenceable: no plan
+            return
+    plan = plan_pooler_fwd(hidden_states, weight, bias, activation)
+    if plan is None:
+        return
+    plans = entry[1]
+    if len(plans) >= _PLANS_PER_WEIGHT:
+        plans.pop(next(iter(plans)), None)
+    plans[hidden_states.shape[0]] = plan
 
 
 def _on_kernel_device(hidden_states, weight, bias) -> bool:

@@ -7,7 +7,7 @@ Installed, this folder is the subpackage ``bertpool_fast.kernels``.
 from .activations import ACTIVATIONS
 from .classifier_head import HEAD_CONFIGS, classifier_head_fwd, classifier_head_fwd_kernel
 from .masked_pool import POOL_CONFIGS, POOL_MODES, masked_pool_fwd, masked_pool_fwd_kernel
-from .pooler import POOLER_CONFIGS, pick_config, pooler_fwd, pooler_fwd_kernel
+from .pooler import POOLER_CONFIGS, pick_config, plan_pooler_fwd, pooler_fwd, pooler_fwd_kernel
 from .pooler_bwd import (
     BWD_ACTIVATIONS,
     DW_CONFIGS,
@@ -37,6 +37,7 @@ __all__ = [
     "masked_pool_fwd_kernel",
     "pick_config",
     "pick_tile",
+    "plan_pooler_fwd",
     "pooler_bwd_dw",
     "pooler_bwd_dw_kernel",
     "pooler_bwd_dx",

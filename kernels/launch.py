@@ -207,14 +207,6 @@ class CachedLaunch:
     def __call__(self, grid, args: tuple, constexprs: tuple, num_warps: int, num_stages: int):
         if not self.enabled:
             return self.plain(grid, args, constexprs, num_warps, num_stages)
-        enter, leave = _RUNTIME_KNOBS.launch_enter_hook, _RUNTIME_KNOBS.launch_exit_hook
-        # a profiler's hooks need Triton's launch metadata: leave those launches to Triton
-        if (
-            getattr(enter, "calls", enter)
-            or getattr(leave, "calls", leave)
-            or self.kernel.pre_run_hooks
-        ):
-            return self.plain(grid, args, constexprs, num_warps, num_stages)
         device = self.current_device()
         try:
             key = self.key(device, num_warps, num_stages, constexprs, args)
@@ -222,11 +214,44 @@ class CachedLaunch:
             return self.plain(grid, args, constexprs, num_warps, num_stages)
         entry = self.entries.get(key)
         if entry is None:
+            if self.hooked():
+                return self.plain(grid, args, constexprs, num_warps, num_stages)
             return self._miss(key, grid, args, constexprs, num_warps, num_stages)
+        if not self.launch_entry(entry, device, grid, args, constexprs):
+            return self.plain(grid, args, constexprs, num_warps, num_stages)
+        return None
+
+    def hooked(self) -> bool:
+        """Whether launch or pre-run hooks are set (a profiler's): such launches are Triton's."""
+        enter, leave = _RUNTIME_KNOBS.launch_enter_hook, _RUNTIME_KNOBS.launch_exit_hook
+        return bool(
+            getattr(enter, "calls", enter)
+            or getattr(leave, "calls", leave)
+            or self.kernel.pre_run_hooks
+        )
+
+    def entry_for(self, device: int, grid, args: tuple, constexprs: tuple, num_warps: int,
+                  num_stages: int) -> Optional[tuple]:  # fmt: skip
+        """The cached specialization these arguments hit, or None (not cached, cache off)."""
+        if not self.enabled:
+            return None
+        try:
+            return self.entries.get(self.key(device, num_warps, num_stages, constexprs, args))
+        except Exception:  # noqa: BLE001 - as in __call__: such arguments are never cached
+            return None
+
+    def launch_entry(self, entry: tuple, device: int, grid, args: tuple, constexprs: tuple) -> bool:
+        """Launch a cached specialization on ``device`` (the current one) without re-keying: the
+        caller vouches that ``args`` specialize as the ones the entry was found with. False, and
+        nothing launched, when Triton's own path must run instead (hooks set, a kernel global
+        changed, the direct path disabled or just failed)."""
+        # a profiler's hooks need Triton's launch metadata: leave those launches to Triton
+        if not self.enabled or self.hooked():
+            return False
         # Triton refuses a kernel whose module globals changed since it compiled; so does this
         for namespace, name, value in self.used_globals:
             if namespace.get(name, _MISSING) is not value:
-                return self.plain(grid, args, constexprs, num_warps, num_stages)
+                return False
         n = len(grid)
         try:
             entry[0](grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
@@ -234,8 +259,8 @@ class CachedLaunch:
                      *args, *constexprs)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - any failure of the direct path means "use Triton's"
             self._disable(err)
-            return self.plain(grid, args, constexprs, num_warps, num_stages)
-        return None
+            return False
+        return True
 
     def _miss(self, key, grid, args, constexprs, num_warps, num_stages):
         compiled = self.plain(grid, args, constexprs, num_warps, num_stages)

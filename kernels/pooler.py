@@ -422,9 +422,7 @@ def pooler_fwd(
     does not depend on M. config: run this tile instead of the table's pick (tuning, tests); it
     overrides batch_invariant's table too. Returns [M, N] in that dtype.
     """
-    shape = x.shape
-    m, k = shape[0], shape[-1]
-    n = weight.shape[0]
+    m, n = x.shape[0], weight.shape[0]
     dtype = x.dtype
     device = x.device  # read once: each read builds a torch.device
     if out is None:
@@ -439,75 +437,152 @@ def pooler_fwd(
         config = pick_config(m, dtype, batch_invariant, arch)
     else:
         check_config(config)
+    launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
+    with device_of(x):
+        launch(grid, args, constexprs, config.num_warps, config.num_stages)
+    return out
+
+
+def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: torch.device):
+    """(launcher, grid, runtime arguments, constexprs) of one pooler launch with this tile."""
+    shape = x.shape
+    m, k, n = shape[0], shape[-1], weight.shape[0]
+    dtype = x.dtype
     # cdiv written out (-(-a // b)): three calls fewer per launch
     grid_n, grid_m = -(-n // config.block_n), -(-m // config.block_m)
+    x_strides, w_strides = x.stride(), weight.stride()
+    b = weight if bias is None else bias  # any valid pointer; unread without HAS_BIAS
+    ints = (m, n, k, x_strides[0], x_strides[-1], w_strides[0], w_strides[1],
+            bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
+    flags = (
+        bias is not None,  # HAS_BIAS
+        activation,
+        fp32_dot_precision() if dtype == torch.float32 else "ieee",  # DOT_PRECISION
+        _INTERPRETED and dtype is torch.bfloat16,  # INTERPRETED_BF16
+        config.block_m,
+        config.block_n,
+        config.block_k,
+    )
     if config.persistent:
-        return _pooler_fwd_persistent(x, weight, bias, activation, out, config, grid_n * grid_m)
+        grid = (min(grid_n * grid_m, persistent_programs(device)),)
+        return _launch_pooler_fwd_persistent, grid, (x, weight, b, out, *ints), flags
     # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
     split_k = max(1, min(config.split_k, -(-k // config.block_k)))
     if split_k > 1:
         ws, tickets = split_k_scratch(device, split_k * m * n, grid_n * grid_m)
     else:
         ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
-    x_strides, w_strides = x.stride(), weight.stride()
-    with device_of(x):
-        _launch_pooler_fwd(
-            (grid_n, grid_m, split_k),
-            (
-                x,
-                weight,
-                weight if bias is None else bias,  # any valid pointer; unread without HAS_BIAS
-                out,
-                ws,
-                tickets,
-                m,
-                n,
-                k,
-                x_strides[0],
-                x_strides[-1],
-                w_strides[0],
-                w_strides[1],
-                bias.stride(0) if bias is not None else 0,
-                out.stride(0),
-            ),
-            (
-                bias is not None,  # HAS_BIAS
-                activation,
-                fp32_dot_precision() if dtype == torch.float32 else "ieee",  # DOT_PRECISION
-                _INTERPRETED and dtype is torch.bfloat16,  # INTERPRETED_BF16
-                config.block_m,
-                config.block_n,
-                config.block_k,
-                split_k,
-                config.swap_ab,
-            ),
-            config.num_warps,
-            config.num_stages,
-        )
-    return out
+    args = (x, weight, b, out, ws, tickets, *ints)
+    return _launch_pooler_fwd, (grid_n, grid_m, split_k), args, (*flags, split_k, config.swap_ab)
 
 
-def _pooler_fwd_persistent(x, weight, bias, activation, out, config, tiles):
-    m, k, n = x.shape[0], x.shape[-1], weight.shape[0]
-    dtype = x.dtype
-    with device_of(x):
-        _launch_pooler_fwd_persistent(
-            (min(tiles, persistent_programs(x.device)),),
-            (
-                x, weight, weight if bias is None else bias, out, m, n, k, x.stride(0),
-                x.stride(-1), weight.stride(0), weight.stride(1),
-                bias.stride(0) if bias is not None else 0, out.stride(0),
-            ),
-            (
-                bias is not None, activation,
-                fp32_dot_precision() if dtype == torch.float32 else "ieee",
-                interpreter_enabled() and dtype == torch.bfloat16,
-                config.block_m, config.block_n, config.block_k,
-            ),
-            config.num_warps,
-            config.num_stages,
-        )  # fmt: skip
-    return out
+def plan_pooler_fwd(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str
+) -> Optional[PoolerPlan]:
+    """A ``PoolerPlan`` for calls like this one (``pooler_fwd``'s table pick), or None when its
+    launch is not in the launch cache (not launched yet, the interpreter, Triton's own path)."""
+    if not _launch_pooler_fwd.enabled:
+        return None
+    m, n = x.shape[0], weight.shape[0]
+    if x.dim() != 3 or m == 0 or n == 0:
+        return None
+    device = x.device
+    arch = _TABLE_ARCH.get(device)
+    if arch is None:
+        arch = _TABLE_ARCH[device] = table_arch(device)
+    config = pick_config(m, x.dtype, False, arch)
+    out = torch.empty((m, n), dtype=x.dtype, device=device)
+    launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
+    index = x.get_device()
+    entry = launch.entry_for(index, grid, args, constexprs, config.num_warps, config.num_stages)
+    if entry is None or out.data_ptr() & 15:
+        return None
+    split_k = 1 if config.persistent else grid[2]
+    return PoolerPlan(x, weight, bias, activation, launch, entry, grid, constexprs, index,
+                      split_k, config.persistent)  # fmt: skip
+
+
+class PoolerPlan:
+    """``pooler_fwd`` worked out once for one weight, bias, activation, batch size and dtype on
+    one device: the tile, grid, constexprs and cached compiled kernel. ``run`` launches it for new
+    ``hidden_states`` after a few comparisons, instead of the table lookup and the launch cache's
+    key: every kernel argument must be what the plan was made with, except the rows' address
+    (same 16-byte alignment), the row stride (same Triton specialization: its sequence length
+    may change) and the output's address. Anything else returns None: call ``pooler_fwd``.
+
+    Holds no tensor: the weight and bias are recognised by address, dtype, shape and strides."""
+
+    __slots__ = (
+        "m", "k", "n", "dtype", "device", "index", "activation", "weight_key", "bias_key",
+        "x_col_stride", "x_row_div16", "x_aligned", "launch", "entry", "grid", "constexprs",
+        "ints_after_row_stride", "split_k", "persistent", "scratch_sizes", "device_type",
+    )  # fmt: skip
+
+    def __init__(self, x, weight, bias, activation, launch, entry, grid, constexprs, index,
+                 split_k, persistent):  # fmt: skip
+        shape, strides = x.shape, x.stride()
+        self.m, self.k, self.n = shape[0], shape[-1], weight.shape[0]
+        self.dtype, self.device, self.index = x.dtype, x.device, index
+        self.device_type = x.device.type
+        self.activation = activation
+        self.weight_key = _tensor_key(weight)
+        self.bias_key = None if bias is None else _tensor_key(bias)
+        self.x_col_stride = strides[2]
+        self.x_row_div16 = strides[0] & 15 == 0
+        self.x_aligned = x.data_ptr() & 15 == 0
+        self.launch, self.entry, self.grid, self.constexprs = launch, entry, grid, constexprs
+        w_strides = weight.stride()
+        self.ints_after_row_stride = (strides[2], w_strides[0], w_strides[1],
+                                      0 if bias is None else bias.stride(0), self.n)  # fmt: skip
+        self.split_k, self.persistent = split_k, persistent
+        tiles = grid[0] * grid[1] if split_k > 1 else 0
+        self.scratch_sizes = (split_k * self.m * self.n, tiles)
+
+    def run(self, x, weight, bias) -> Optional[torch.Tensor]:
+        """The pooler of [M, S, K] ``x`` (plain CUDA tensors the caller vetted), or None."""
+        shape, strides = x.shape, x.stride()
+        row_stride = strides[0]
+        if (
+            x.dtype is not self.dtype
+            or len(shape) != 3
+            or shape[0] != self.m
+            or shape[1] < 1
+            or shape[2] != self.k
+            or strides[2] != self.x_col_stride
+            # the row stride's specialization: not 1, in int32, divisible by 16 or not as planned
+            or not 1 < row_stride <= _I32_MAX
+            or (row_stride & 15 == 0) is not self.x_row_div16
+            or (x.data_ptr() & 15 == 0) is not self.x_aligned
+            or x.get_device() != self.index
+            or _tensor_key(weight) != self.weight_key
+            or (self.bias_key is None) is not (bias is None)
+            or (bias is not None and _tensor_key(bias) != self.bias_key)
+            or self.launch.current_device() != self.index  # device_of's condition, no switch
+        ):
+            return None
+        out = torch.empty((self.m, self.n), dtype=self.dtype, device=self.device)
+        if out.data_ptr() & 15:
+            return None
+        b = weight if bias is None else bias
+        ints = (self.m, self.n, self.k, row_stride, *self.ints_after_row_stride)
+        if self.persistent:  # no split-K scratch in its signature
+            args = (x, weight, b, out, *ints)
+        elif self.split_k > 1:
+            ws, tickets = split_k_scratch(self.device, *self.scratch_sizes)
+            args = (x, weight, b, out, ws, tickets, *ints)
+        else:
+            args = (x, weight, b, out, out, out, *ints)
+        if not self.launch.launch_entry(self.entry, self.index, self.grid, args, self.constexprs):
+            return None
+        return out
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    # what the kernel reads of a weight or bias: its memory, element type and layout
+    return (t.data_ptr(), t.dtype, t.shape, t.stride())
+
+
+_I32_MAX = (1 << 31) - 1
 
 
 # What ``python -m bench.tune`` measures, per dtype: (smallest M, largest M it is tried at, config).

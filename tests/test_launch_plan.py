@@ -1,0 +1,245 @@
+"""Prepared pooler launches (``kernels.pooler.PoolerPlan``, used by ``ops.pooler_inference``).
+
+After the first inference call of a weight at a batch size, later calls run a plan: a few
+comparisons instead of the table lookup and the launch cache's key. A plan must run only for a
+call whose kernel arguments are the planned ones (the rows' address and row stride aside, within
+the same Triton specialization), and must never keep a weight alive.
+
+CPU tests drive it with a stand-in compiled kernel that computes the pooler with torch from the
+arguments it is handed (so a wrong stride or pointer gives a wrong number, not just a wrong log);
+a GPU test checks the real launch bitwise against the plain path.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import triton.language as tl
+from triton import knobs
+
+from bertpool_fast import ops
+from bertpool_fast.kernels import pooler
+from bertpool_fast.kernels.launch import CachedLaunch
+from bertpool_fast.reference import pooler_reference
+from conftest import HAS_CUDA, randn
+
+
+def _stand_in(x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, ticket_ptr, M, N, K, stride_xm, stride_xk,
+              stride_wn, stride_wk, stride_b, stride_om, HAS_BIAS: tl.constexpr,
+              ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SWAP_AB: tl.constexpr):  # fmt: skip
+    pass
+
+
+def _compute(args: tuple) -> None:
+    """What the kernel computes, from the arguments as launched (tensors, ints, constexprs)."""
+    x, w, b, out, _ws, _tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
+    has_bias, activation = args[15], args[16]
+    rows = torch.as_strided(x, (m, k), (sxm, sxk), x.storage_offset())
+    weight = torch.as_strided(w, (n, k), (swn, swk), w.storage_offset())
+    bias = torch.as_strided(b, (n,), (sb,), b.storage_offset()) if has_bias else None
+    result = pooler_reference(rows.float(), weight.float(), None if bias is None else bias.float(),
+                              activation)  # fmt: skip
+    torch.as_strided(out, (m, n), (som, 1), out.storage_offset()).copy_(result)
+
+
+class ComputingCompiled:
+    function = 0xF00
+    packed_metadata = ("packed",)
+
+    def __init__(self):
+        self.direct = 0
+
+    def run(self, *launch_args):
+        self.direct += 1
+        _compute(launch_args[9:])
+
+
+class ComputingKernel:
+    pre_run_hooks: list = []
+
+    def __init__(self):
+        self.fn = _stand_in
+        self.compiled = ComputingCompiled()
+        self.plain = 0
+
+    def __getitem__(self, grid):
+        def launch_(*args, num_warps, num_stages):
+            self.plain += 1
+            _compute(args)
+            return self.compiled
+
+        return launch_
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """pooler's launcher replaced by an enabled cache around ComputingKernel, CPU tensors."""
+    cache = CachedLaunch(ComputingKernel(), enabled=True)
+    cache.device = -1  # CPU tensors' get_device()
+    cache.current_device = lambda: cache.device
+    cache.current_stream = lambda device: 7
+    monkeypatch.setattr(pooler, "_launch_pooler_fwd", cache)
+    monkeypatch.setattr(ops, "_PLANS", {})
+    calls = []
+    real = pooler.pooler_fwd
+
+    def counting_pooler_fwd(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "pooler_fwd", counting_pooler_fwd)
+    cache.full_path_calls = calls
+    return cache
+
+
+def _inputs(b=5, s=3, h=48, n=40, dtype=torch.float16):
+    hidden = randn(b, s, h, dtype=dtype, device="cpu")
+    weight = randn(n, h, dtype=dtype, device="cpu", scale=h**-0.5)
+    bias = randn(n, dtype=dtype, device="cpu", scale=0.5)
+    return hidden, weight, bias
+
+
+def _expected(hidden, weight, bias, activation="tanh"):
+    b = None if bias is None else bias.float()
+    return pooler_reference(hidden[:, 0].float(), weight.float(), b, activation).to(hidden.dtype)
+
+
+def _run(stand_in, hidden, weight, bias, activation="tanh"):
+    """One pooler_inference call; returns (output, whether the plan ran it)."""
+    direct, full = stand_in.kernel.compiled.direct, len(stand_in.full_path_calls)
+    out = ops.pooler_inference(hidden, weight, bias, activation)
+    planned = len(stand_in.full_path_calls) == full and stand_in.kernel.compiled.direct > direct
+    torch.testing.assert_close(out, _expected(hidden, weight, bias, activation), rtol=0, atol=0)
+    return out, planned
+
+
+def test_the_second_call_runs_the_plan(stand_in):
+    hidden, weight, bias = _inputs()
+    _, planned = _run(stand_in, hidden, weight, bias)
+    assert not planned and stand_in.kernel.plain == 1  # compiled (here: stand-in) on first use
+    _, planned = _run(stand_in, hidden, weight, bias)
+    assert planned
+    fresh = randn(*hidden.shape, dtype=hidden.dtype, device="cpu")
+    _, planned = _run(stand_in, fresh, weight, bias)  # new rows at another address
+    assert planned
+
+
+def test_a_new_sequence_length_keeps_the_plan_with_its_row_stride(stand_in):
+    # S changes the row stride (an int argument): still the same specialization (divisible by 16
+    # or not, as planned), so the plan runs, and must pass the new stride
+    hidden, weight, bias = _inputs(s=2, h=48)
+    _run(stand_in, hidden, weight, bias)
+    longer = randn(5, 7, 48, dtype=hidden.dtype, device="cpu")  # 7 * 48: divisible by 16 too
+    _, planned = _run(stand_in, longer, weight, bias)
+    assert planned
+
+
+def _mutations(hidden, weight, bias):
+    h = hidden.shape[-1]
+    flat = randn(hidden.numel() + 8, dtype=hidden.dtype, device="cpu")
+    yield "activation", dict(activation="relu")
+    yield "no bias", dict(bias=None)
+    yield "another bias", dict(bias=bias.clone())
+    yield "another batch size", dict(hidden=hidden[:3].clone())
+    yield "misaligned rows", dict(hidden=flat[1 : 1 + hidden.numel()].view(hidden.shape))
+    yield "row stride no longer divisible by 16", dict(hidden=randn(5, 3, h + 1, dtype=hidden.dtype,
+                                                                  device="cpu")[..., :h])  # fmt: skip
+    yield "strided columns", dict(hidden=randn(5, 3, 2 * h, dtype=hidden.dtype,
+                                              device="cpu")[..., ::2])  # fmt: skip
+    yield "another dtype", dict(hidden=hidden.float(), weight=weight.float(), bias=bias.float())
+
+
+@pytest.mark.parametrize("what", [name for name, _ in _mutations(*_inputs())])
+def test_a_call_unlike_the_planned_one_takes_the_full_path(stand_in, what):
+    hidden, weight, bias = _inputs()
+    _run(stand_in, hidden, weight, bias)
+    _run(stand_in, hidden, weight, bias)
+    call = dict(hidden=hidden, weight=weight, bias=bias, activation="tanh")
+    call.update(dict(_mutations(hidden, weight, bias))[what])
+    _, planned = _run(stand_in, **call)
+    assert not planned, what
+
+
+def test_a_weight_changed_under_the_same_tensor_takes_the_full_path(stand_in):
+    hidden, weight, bias = _inputs()
+    _run(stand_in, hidden, weight, bias)
+    weight.data = weight.data.clone() * 2  # same Parameter-like object, new storage and values
+    _, planned = _run(stand_in, hidden, weight, bias)
+    assert not planned
+    weight.data = weight.data.t().contiguous().t()  # same values, transposed strides
+    _, planned = _run(stand_in, hidden, weight, bias)
+    assert not planned
+    _, planned = _run(stand_in, hidden, weight, bias)  # and the new layout gets its own plan
+    assert planned
+
+
+def test_grad_autocast_and_hooks_take_the_full_path(stand_in, monkeypatch):
+    hidden, weight, bias = _inputs(dtype=torch.float32)
+    _run(stand_in, hidden, weight, bias)
+    weight.requires_grad_(True)
+    out, planned = _run(stand_in, hidden, weight, bias)
+    assert out.requires_grad and not planned  # the custom op, for autograd
+    with torch.no_grad():
+        _, planned = _run(stand_in, hidden, weight, bias)
+        assert planned  # gradients off: the plan again
+        full = len(stand_in.full_path_calls)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ops.pooler_inference(hidden, weight, bias, "tanh")
+        # autocast cast the inputs, as eager nn.Linear would: not the planned fp32 call
+        assert out.dtype == torch.bfloat16 and len(stand_in.full_path_calls) == full + 1
+        monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda *a: None)
+        plain = stand_in.kernel.plain
+        _, planned = _run(stand_in, hidden, weight, bias)
+        assert not planned and stand_in.kernel.plain == plain + 1  # Triton's launch, for the hook
+
+
+def test_another_current_device_takes_the_full_path(stand_in):
+    hidden, weight, bias = _inputs()
+    _run(stand_in, hidden, weight, bias)
+    stand_in.device = 3  # as if another CUDA device were current
+    assert ops._PLANS[id(weight)][1][5].run(hidden, weight, bias) is None
+
+
+def test_plans_never_keep_a_weight_alive(stand_in):
+    hidden, weight, bias = _inputs()
+    _run(stand_in, hidden, weight, bias)
+    _run(stand_in, hidden[:2], weight, bias)
+    assert list(ops._PLANS[id(weight)][1]) == [5, 2]
+    del weight
+    gc.collect()
+    assert ops._PLANS == {}
+
+
+def test_plans_per_weight_are_bounded(stand_in, monkeypatch):
+    monkeypatch.setattr(ops, "_PLANS_PER_WEIGHT", 3)
+    hidden, weight, bias = _inputs(b=6)
+    for m in (1, 2, 3, 4, 5):
+        _run(stand_in, hidden[:m], weight, bias)
+    assert list(ops._PLANS[id(weight)][1]) == [3, 4, 5]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="real launches need a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_planned_launches_are_bitwise_the_plain_path(dtype):
+    # the table's tiles at M = 1 (split-K on sm_90), 64, 3000; sequence lengths that change the
+    # row stride; each output against pooler_fwd with the launch cache off (Triton's own launch)
+    ops._PLANS.clear()
+    h = 768
+    weight = randn(h, h, dtype=dtype, scale=h**-0.5)
+    bias = randn(h, dtype=dtype, scale=0.5)
+    for m in (1, 64, 3000):
+        for s in (4, 9, 4):
+            hidden = randn(m, s, h, dtype=dtype)
+            out = ops.pooler_inference(hidden, weight, bias, "tanh")
+            pooler._launch_pooler_fwd.enabled = False
+            try:
+                plain = pooler.pooler_fwd(hidden, weight, bias, "tanh")
+            finally:
+                pooler._launch_pooler_fwd.enabled = True
+            torch.testing.assert_close(out, plain, rtol=0, atol=0)
+        assert m in ops._PLANS[id(weight)][1], "the plan was never made"

@@ -595,6 +595,11 @@ _I32_MAX = (1 << 31) - 1
 #     sum by the last one. SWAP_AB computes W @ X^T so the 64-wide N tile fills wgmma's 64 rows
 #     while M (1-32 rows) becomes the MMA's narrow side, instead of a 16-row mma.sync tile.
 #     Stages never exceed a split's K chunks (a pipeline longer than its loop buys nothing).
+#     The H100 runs priced split-K's reduction (a partial stored, an atomic ticket, the partials
+#     read back: a few L2 round trips on the critical path) at most of its gain (split 4: 4.83 us
+#     against 5.09 unsplit at M = 1). The other way to have the whole weight in flight at once is
+#     a deep prefetch with no reduction: 16x16 tiles (48 programs at H = 768) with BLOCK_K 256 and
+#     3 stages, or 128 and 4, put a program's whole 24 KB slice of W in flight in one latency.
 #   * 64 < M <= 1024: 64-row wgmma tiles (one warpgroup); 64x64 gives 24 programs at M = 128 and
 #     96 at M = 512, so split-K 2/4 and 64x32 tiles lift the small end to ~100-200 programs.
 #   * M >= 512: 128-row tiles; 128x128 at M = 8192 is 384 tiles, 2.9 waves of one CTA per SM, but
@@ -614,6 +619,9 @@ _HALF_CANDIDATES = (
     (1, 64, TileConfig(16, 32, 64, 4, 4)),
     (1, 64, TileConfig(16, 32, 64, 4, 3, split_k=4)),
     (1, 64, TileConfig(16, 32, 64, 4, 2, split_k=6)),
+    (1, 64, TileConfig(16, 16, 256, 4, 3)),
+    (1, 64, TileConfig(16, 16, 128, 4, 4)),
+    (1, 64, TileConfig(16, 32, 128, 4, 4)),
     (1, 32, TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True)),
     (1, 32, TileConfig(16, 64, 64, 4, 1, split_k=12, swap_ab=True)),
     (16, 64, TileConfig(32, 64, 64, 4, 3, split_k=4, swap_ab=True)),

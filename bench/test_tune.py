@@ -130,3 +130,17 @@ def test_every_candidate_renders_to_itself():
         for dtype in (torch.float16, torch.bfloat16, torch.float32):
             for _lo, _hi, cfg in tune_candidates(dtype, arch):
                 assert eval(tune.render_config(cfg), {"T": TileConfig}) == cfg  # noqa: S307
+
+
+def test_a_tma_winner_round_trips_through_the_table_module(tmp_path):
+    # a TMA tile that wins on the GPU is written into the table as source and read back equal
+    winner = TileConfig(128, 128, 64, 8, 3, tma=True)
+    buckets = [_bucket(1024, TileConfig(64, 64, 64, 4, 4), winner), _bucket(4096, winner, winner)]
+    table = tune.build_table(buckets, ((None, winner),))
+    assert table[-1] == (None, winner)
+    tables = {a: dict(t) for a, t in pooler_tables.TABLES.items()}
+    tables["sm90"]["fp16"] = table
+    path = tmp_path / "pooler_tables.py"
+    path.write_text(tune.render_module(tables, pooler_tables.PROVENANCE, tune.TABLE_HEADER))
+    assert "T(128, 128, 64, 8, 3, tma=True)" in path.read_text()
+    assert _load(str(path)).TABLES["sm90"]["fp16"] == table

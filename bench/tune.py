@@ -254,6 +254,8 @@ def render_config(cfg) -> str:
         extra += ", swap_ab=True"
     if cfg.persistent:
         extra += ", persistent=True"
+    if cfg.tma:
+        extra += ", tma=True"
     return (f"T({cfg.block_m}, {cfg.block_n}, {cfg.block_k}, {cfg.num_warps}, "
             f"{cfg.num_stages}{extra})")  # fmt: skip
 

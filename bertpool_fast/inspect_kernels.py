@@ -14,7 +14,9 @@ Where the numbers come from:
   * shared memory: Triton's metadata (dynamic shared memory is Triton's own allocation; ptxas
     sees none of it);
   * tensor cores: ``mma.sync`` (sm_80 and small tiles on sm_90) or ``wgmma.mma_async`` (sm_90)
-    in the PTX.
+    in the PTX;
+  * TMA copies: ``cp.async.bulk.tensor`` in the PTX (a case tagged with a TMA config must have
+    them: a descriptor load lowered to plain loads is a problem, like a missing tensor core).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class InspectResult:
     stack_bytes: Optional[int] = None
     shared_bytes: Optional[int] = None
     tensor_cores: str = ""  # "wgmma", "mma" or "" (none)
+    tma_copies: Optional[int] = None  # cp.async.bulk.tensor instructions in the PTX
     compile_s: float = 0.0
     error: Optional[str] = None
 
@@ -174,6 +177,9 @@ def _results_cache_dir() -> str:
     return os.path.join(root, "bertpool_fast_inspect")
 
 
+TMA_COPY = re.compile(r"\bcp\.async\.bulk\.tensor\.")
+
+
 def tensor_core_instructions(ptx: str) -> str:
     if "wgmma.mma_async" in ptx:
         return "wgmma"
@@ -209,10 +215,15 @@ def compile_case(case, arch: str) -> InspectResult:
         # Triton caches the compile; the readings are cached beside it under the same kernel hash
         # (source, options, target and Triton version), so a second run costs no ptxas call.
         cache_file = os.path.join(_results_cache_dir(), f"{compiled.metadata.hash}.json")
+        readings = ("registers", "stack_bytes", "spill_stores", "spill_loads", "shared_bytes",
+                    "tensor_cores", "tma_copies")  # fmt: skip
+        cached = {}
         if os.path.exists(cache_file):
             with open(cache_file) as f:
-                for key, value in json.load(f).items():
-                    setattr(result, key, value)
+                cached = json.load(f)
+        if set(readings) <= set(cached):  # a file from before a reading was added is redone
+            for key in readings:
+                setattr(result, key, cached[key])
             result.compile_s = time.perf_counter() - start
             return result
         ptx = compiled.asm["ptx"]
@@ -223,8 +234,7 @@ def compile_case(case, arch: str) -> InspectResult:
         result.spill_stores, result.spill_loads = _ptxas_spills(ptx, ptx_arch, capability)
         result.shared_bytes = int(compiled.metadata.shared)
         result.tensor_cores = tensor_core_instructions(ptx)
-        readings = ("registers", "stack_bytes", "spill_stores", "spill_loads", "shared_bytes",
-                    "tensor_cores")  # fmt: skip
+        result.tma_copies = len(TMA_COPY.findall(ptx))
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
         with open(cache_file + f".{os.getpid()}", "w") as f:
             json.dump({k: getattr(result, k) for k in readings}, f)
@@ -310,6 +320,8 @@ def problems(results: list[InspectResult]) -> list[str]:
             found.append(f"{r.name} ({r.arch}): spills {r.spill_stores} B / {r.spill_loads} B")
         elif r.expects_tensor_cores and not r.tensor_cores:
             found.append(f"{r.name} ({r.arch}): no tensor-core instruction")
+        elif getattr(r.tags.get("config"), "tma", False) and not r.tma_copies:
+            found.append(f"{r.name} ({r.arch}): a TMA config without TMA copies")
     return found
 
 

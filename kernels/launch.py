@@ -16,6 +16,10 @@ kernel never runs with arguments it was not compiled for (``triton/runtime/jit.p
 * a tensor: its dtype and whether ``data_ptr() % 16 == 0`` (the "D" divisibility attribute);
 * an int: equal to 1 (becomes a constexpr), divisible by 16 ("D"), and its type, i32 / i64 / u64;
 * a bool, a float, None: no value specialization, only the kind;
+* a host-side ``TensorDescriptor`` (``triton.tools.tensor_descriptor``, this class exactly): the
+  dtype of its base and its block shape, which is all its type string ``tensordesc<fp16[128, 64]>``
+  holds; the compiled launcher (``CudaLauncher`` -> ``wrap_handle_tensordesc``) expands the object
+  into the TMA descriptor, sizes and strides on every launch, so the object itself is passed on;
 * the constexpr values (with their types: ``True`` and ``1`` hash alike but compile apart),
   num_warps, num_stages, and the current CUDA device.
 
@@ -37,6 +41,11 @@ from typing import Any, Optional
 import torch
 
 from .runtime import interpreter_enabled
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor as _TENSOR_DESCRIPTOR
+except ImportError:  # a triton without host-side descriptors: no argument is one
+    _TENSOR_DESCRIPTOR = None
 
 _MISSING = object()
 _I32_MIN = -(1 << 31)
@@ -67,6 +76,11 @@ def _spec(a: Any):
         return _FLOAT
     if a is None:
         return None
+    if cls is _TENSOR_DESCRIPTOR:
+        # typed "tensordesc<fp16[128, 64]>": the base's dtype and the block shape; no alignment
+        # hint. Shape, strides and padding are launch-time values: the launcher expands the object
+        # itself (fills the TMA descriptor, or passes them as plain arguments).
+        return (_TENSOR_DESCRIPTOR, a.base.dtype, tuple(a.block_shape))
     raise TypeError(f"no cached launch for an argument of type {cls.__name__}")
 
 

@@ -9,12 +9,14 @@ accumulator and the result is cast once, at the store, to the output dtype.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import pooler_tables as _pooler_tables
 from .activations import apply_activation
@@ -210,6 +212,15 @@ def bias_and_activation(
     return apply_activation(acc, ACTIVATION)
 
 
+@triton.jit
+def store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16: tl.constexpr):
+    """Store an fp32 [BLOCK_M, BLOCK_N] result into out[o_m, o_n], cast once, masked to [M, N]."""
+    # under the interpreter with bf16 the cast truncates: round_to rounds to nearest first
+    tl.store(out_ptr + o_m[:, None] * stride_om + o_n[None, :],
+             round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
+             mask=m_m[:, None] & m_n[None, :])  # fmt: skip
+
+
 @triton.jit(do_not_specialize=["M"])
 def pooler_fwd_kernel(
     x_ptr,  # [M, K] first-token rows, any strides
@@ -326,15 +337,71 @@ def pooler_fwd_persistent_kernel(
             stride_wk, stride_b, HAS_BIAS, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M,
             BLOCK_N, BLOCK_K,
         )  # fmt: skip
-        tl.store(out_ptr + o_m[:, None] * stride_om + o_n[None, :],
-                 round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
-                 mask=m_m[:, None] & m_n[None, :])  # fmt: skip
+        store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
 
 
 _launch_pooler_fwd_persistent = CachedLaunch(pooler_fwd_persistent_kernel)
 # Programs of a persistent launch on a CPU device (the interpreter): a few, so that every program
 # walks several tiles in the tests.
 INTERPRETER_PROGRAMS = 3
+
+
+@triton.jit
+def dot_k_tma(
+    x_desc, w_desc, off_m, off_n, K, INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """dot_k_range's plain sum over all of K, its X and W tiles copied by TMA from descriptors.
+
+    The copy engine computes the addresses and zero-fills the rows past M (X) or N (W) and the
+    columns past K, which is what the dot needs: no per-thread offsets or masks, and a stage's
+    arrival is an mbarrier's transaction count, not a cp.async group wait.
+    """
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        b_x = x_desc.load([off_m, k0])
+        b_w = w_desc.load([off_n, k0])
+        if INTERPRETED_BF16:  # as in dot_k_range: the interpreter's bf16 dot is wrong
+            b_x = b_x.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        # fp16/bf16 operands only; "ieee" matters only for the interpreter's fp32 copies above
+        acc = tl.dot(b_x, b_w.T, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit(do_not_specialize=["M"])
+def pooler_fwd_tma_kernel(
+    x_desc,  # [M, K] first-token rows, block [BLOCK_M, BLOCK_K]
+    w_desc,  # [N, K] nn.Linear weight, block [BLOCK_N, BLOCK_K]
+    b_ptr,  # [N] bias (unused when HAS_BIAS is False)
+    out_ptr,  # [M, N] output
+    M,
+    N,
+    K,
+    stride_b,
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """pooler_fwd_kernel's plain tile (no split, no swap) with TMA loads; the same epilogue, the
+    same grid (N tiles fastest) and the same K chunks in the same order."""
+    i_n = tl.program_id(0)
+    i_m = tl.program_id(1)
+    acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, K, INTERPRETED_BF16, BLOCK_M,
+                    BLOCK_N, BLOCK_K)  # fmt: skip
+    o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_m = o_m < M
+    m_n = o_n < N
+    acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False)
+    store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
+
+
+_launch_pooler_fwd_tma = CachedLaunch(pooler_fwd_tma_kernel)
 
 
 @functools.cache
@@ -373,6 +440,10 @@ def check_config(config: TileConfig) -> None:
         raise ValueError(f"config.split_k must be >= 1, got {config.split_k}")
     if config.persistent and (config.split_k > 1 or config.swap_ab):
         raise ValueError(f"config.persistent takes neither split_k nor swap_ab: {config}")
+    if config.tma and (config.split_k > 1 or config.swap_ab or config.persistent):
+        raise ValueError(f"config.tma takes neither split_k, swap_ab nor persistent: {config}")
+    if config.tma and max(config.block_m, config.block_n, config.block_k) > 256:
+        raise ValueError(f"config.tma: a TMA box is at most 256 elements a side: {config}")
 
 
 # Split-K scratch per (device, stream): fp32 partial sums and the per-tile ticket counters, which
@@ -451,6 +522,10 @@ def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: t
     # cdiv written out (-(-a // b)): three calls fewer per launch
     grid_n, grid_m = -(-n // config.block_n), -(-m // config.block_m)
     x_strides, w_strides = x.stride(), weight.stride()
+    # what a descriptor cannot describe runs this tile through the pointer kernel below
+    if config.tma and tma_describable(x, weight, x_strides, w_strides, dtype, device, k):
+        return _tma_launch_args(x, weight, bias, activation, out, config, (grid_n, grid_m),
+                                x_strides[0], w_strides[0])  # fmt: skip
     b = weight if bias is None else bias  # any valid pointer; unread without HAS_BIAS
     ints = (m, n, k, x_strides[0], x_strides[-1], w_strides[0], w_strides[1],
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
@@ -491,6 +566,8 @@ def plan_pooler_fwd(
     if arch is None:
         arch = _TABLE_ARCH[device] = table_arch(device)
     config = pick_config(m, x.dtype, False, arch)
+    if config.tma:  # its descriptors are made per call, around the rows' own address
+        return None
     out = torch.empty((m, n), dtype=x.dtype, device=device)
     launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
     index = x.get_device()
@@ -585,6 +662,89 @@ def _tensor_key(t: torch.Tensor) -> tuple:
 _I32_MAX = (1 << 31) - 1
 
 
+def tma_describable(
+    x: torch.Tensor, weight: torch.Tensor, x_strides: tuple, w_strides: tuple, dtype, device, k: int
+) -> bool:
+    """Whether TMA can copy tiles of x's [M, K] first-token rows and of weight [N, K] (strides as
+    ``x.stride()`` / ``weight.stride()``, read once by the caller).
+
+    TMA is sm_90 and later (for older GPUs Triton compiles descriptors into pointer loads: the
+    64x128 tile spilled so for sm_80). A tensor descriptor needs a 16-byte-aligned base, a
+    contiguous last dimension, the other strides multiples of 16 bytes (and below 2^40 bytes) and
+    every size positive; the kernel is written for the half types. Where any of it fails (an H
+    that is not a multiple of 8, a view offset by an element, a transposed weight, fp32, K = 0),
+    ``pooler_fwd`` runs the same tile through the pointer kernel instead: TMA is a speed choice,
+    never a reason to refuse a call.
+    """
+    if dtype is not torch.float16 and dtype is not torch.bfloat16:
+        return False
+    if not _INTERPRETED and not has_tma(device):
+        return False
+    # fp16/bf16: 16 bytes are 8 elements
+    return (
+        k > 0
+        and x_strides[-1] == 1
+        and w_strides[1] == 1
+        and 0 < x_strides[0] < _TMA_MAX_STRIDE
+        and x_strides[0] & 7 == 0
+        and 0 < w_strides[0] < _TMA_MAX_STRIDE
+        and w_strides[0] & 7 == 0
+        and x.data_ptr() & 15 == 0
+        and weight.data_ptr() & 15 == 0
+    )
+
+
+@functools.cache
+def has_tma(device: torch.device) -> bool:
+    """Whether ``device`` is a GPU with the TMA copy engine (compute capability 9.0 or later)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+_TMA_MAX_STRIDE = 1 << 39  # elements of 2 bytes: the 2^40-byte stride limit of a TMA descriptor
+
+
+def _descriptor_builder():
+    """TensorDescriptor(base, shape, strides, block_shape) for the launch path.
+
+    ``TensorDescriptor.__post_init__`` re-checks on every call what ``tma_describable`` has
+    checked already (plus the block shape, fixed by the config); this builds the same object
+    without it, with the dataclass's own defaults for the remaining fields (``padding="zero"``:
+    out-of-bounds elements read as 0). If a Triton release adds a field without a default, the
+    real constructor is used.
+    """
+    fields = dataclasses.fields(TensorDescriptor)
+    names = [f.name for f in fields]
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    if names[:4] != ["base", "shape", "strides", "block_shape"] or set(names[4:]) - set(defaults):
+        return TensorDescriptor
+    new = object.__new__
+
+    def build(base, shape, strides, block_shape):
+        desc = new(TensorDescriptor)
+        desc.__dict__ = {"base": base, "shape": shape, "strides": strides,
+                         "block_shape": block_shape, **defaults}  # fmt: skip
+        return desc
+
+    return build
+
+
+_descriptor = _descriptor_builder()
+
+
+def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, stride_wn):
+    """``_launch_args`` for the TMA tile: two descriptors in place of the X and W pointers."""
+    m, k, n = x.shape[0], x.shape[-1], weight.shape[0]
+    bm, bn, bk = config.block_m, config.block_n, config.block_k
+    # x may be hidden_states itself: position 0 of row i is at data_ptr + i * stride(0), so the
+    # [M, K] rows are described without building the [:, 0] view
+    x_desc = _descriptor(x, [m, k], [stride_xm, 1], [bm, bk])
+    w_desc = _descriptor(weight, [n, k], [stride_wn, 1], [bn, bk])
+    args = (x_desc, w_desc, weight if bias is None else bias, out, m, n, k,
+            bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
+    flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn, bk)
+    return _launch_pooler_fwd_tma, grid, args, flags
+
+
 # What ``python -m bench.tune`` measures, per dtype: (smallest M, largest M it is tried at, config).
 # Chosen for H = 768 (N = K = 768: 12 K chunks of 64) on a 132-SM H100; "programs" is the grid
 # size at the bucket's M. Reasoning:
@@ -613,6 +773,16 @@ _I32_MAX = (1 << 31) - 1
 #     so they are sm_90-only candidates (ARCH_CANDIDATES below). So are the persistent ones (one
 #     program per SM looping over tiles, Triton tutorial 09's pattern: no tail wave, the next
 #     tile's loads can overlap this one's epilogue), which spill on sm_80 under Triton 3.9.
+#   * M >= 2048, after the second H100 run found bigger, deeper and persistent tiles all slower:
+#     TMA loads (pooler_fwd_tma_kernel). The X rows are S * H elements apart, and the cp.async
+#     loop spends 80-106 integer, predicate and move instructions (PTX) and 11-15 cp.async per
+#     64-wide K step on per-thread addresses and masks; with TMA one elected thread issues two
+#     bulk copies and the copy engine addresses and zero-fills (52-67 such instructions per step,
+#     many of them wgmma descriptors; but 4 CTA barriers per step instead of 2, as Triton 3.6 and
+#     3.9 lower it). Unmeasured: the tuner decides. Tiles (CTAs per SM from shared memory and
+#     registers): 128x128 s3 (96 KiB, 128 registers: two), s4 (128 KiB: one), 128x256 s3
+#     (144 KiB, ~170 registers: one), 64x128 w4 s4 (96 KiB: two) and s3 (72 KiB: three).
+#     sm_90 only: sm_80 has no TMA.
 # Every candidate is a multiple of 64 rows in whole warpgroups (wgmma on sm_90) except the 16- and
 # 32-row non-swapped ones, kept because at M <= 16 the MMA shape hardly matters.
 _HALF_CANDIDATES = (
@@ -664,6 +834,12 @@ _SM90_HALF_CANDIDATES = (
     # persistent (pooler_fwd_persistent_kernel): one program per SM, no wave tail; sm_80 spills
     (2048, 8192, TileConfig(128, 128, 64, 8, 4, persistent=True)),
     (2048, 8192, TileConfig(128, 128, 128, 8, 2, persistent=True)),
+    # TMA loads (pooler_fwd_tma_kernel): the copy engine does the addressing and masking
+    (2048, 8192, TileConfig(128, 128, 64, 8, 3, tma=True)),
+    (2048, 8192, TileConfig(128, 128, 64, 8, 4, tma=True)),
+    (2048, 8192, TileConfig(128, 256, 64, 8, 3, tma=True)),
+    (2048, 8192, TileConfig(64, 128, 64, 4, 4, tma=True)),
+    (2048, 8192, TileConfig(64, 128, 64, 4, 3, tma=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},
@@ -685,7 +861,8 @@ def config_label(cfg: TileConfig) -> str:
     label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
     if cfg.split_k > 1:
         label += f" k{cfg.split_k}"
-    return label + (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
+    label += (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
+    return label + (" tma" if cfg.tma else "")
 
 
 def inspection_cases() -> list:
@@ -731,6 +908,8 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
     from .inspection import TRITON_DTYPE, KernelCase
 
     t = TRITON_DTYPE[dtype]
+    if cfg.tma:
+        return _tma_case(name, dtype, cfg, tags, t, KernelCase)
     # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB
     scratch = () if cfg.persistent else ("ws_ptr", "ticket_ptr")
     return KernelCase(
@@ -778,6 +957,40 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "stride_wn",
             "stride_om",
         ),
+        tags=dict(tags, wgmma_shape=wgmma_shaped(cfg), config=cfg),
+    )
+
+
+def _tma_case(name, dtype, cfg, tags, t, KernelCase):
+    # Descriptors are typed by element type and block shape only, as Triton's launcher types them;
+    # their sizes and strides are run-time values the copy engine reads, carrying no hints.
+    return KernelCase(
+        name=name,
+        kernel=pooler_fwd_tma_kernel,
+        signature={
+            "x_desc": f"tensordesc<{t}[{cfg.block_m}, {cfg.block_k}]>",
+            "w_desc": f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>",
+            "b_ptr": f"*{t}",
+            "out_ptr": f"*{t}",
+            "M": "i32",
+            "N": "i32",
+            "K": "i32",
+            "stride_b": "i32",
+            "stride_om": "i32",
+        },
+        constexprs={
+            "HAS_BIAS": True,
+            "ACTIVATION": "tanh",
+            "INTERPRETED_BF16": False,
+            "BLOCK_M": cfg.block_m,
+            "BLOCK_N": cfg.block_n,
+            "BLOCK_K": cfg.block_k,
+        },
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        dtype=dtype,
+        expects_tensor_cores=True,
+        divisible_by_16=("b_ptr", "out_ptr", "N", "K", "stride_om"),
         tags=dict(tags, wgmma_shape=wgmma_shaped(cfg), config=cfg),
     )
 

@@ -17,6 +17,9 @@ class TileConfig(NamedTuple):
     swap_ab: bool = False
     # one program per SM looping over the output tiles (plain tiles only; kernels/pooler.py)
     persistent: bool = False
+    # X and W tiles loaded by the TMA copy engine through tensor descriptors (plain tiles only,
+    # fp16/bf16; kernels/pooler.py)
+    tma: bool = False
 
 
 # A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound

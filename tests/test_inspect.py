@@ -37,7 +37,13 @@ def _tested_cases() -> list:
     chosen = set()
     for (kernel, _dtype), group in groups.items():
         chosen.update(c.name for c in (group if kernel == "pooler_fwd" else (group[0], group[-1])))
+    # every TMA candidate: inspect compiles all pooler candidates for the fixture anyway
+    chosen.update(c.name for c in cases if _is_tma(c))
     return [c for c in cases if c.name in chosen]
+
+
+def _is_tma(case) -> bool:
+    return getattr(case.tags.get("config"), "tma", False)
 
 
 CASES = _tested_cases()
@@ -103,6 +109,21 @@ def test_half_precision_uses_tensor_cores(inspected, case, arch):
     assert r["tensor_cores"] in allowed, (
         f"{case.name} ({arch}) uses {r['tensor_cores'] or 'no'} tensor-core instructions"
     )
+
+
+TMA_CASE_ARCHS = [p for p in CASE_ARCHS if _is_tma(p.values[0])]
+
+
+@pytest.mark.parametrize(("case", "arch"), TMA_CASE_ARCHS)
+def test_tma_configs_compile_to_tma_copies(inspected, case, arch):
+    # descriptor loads lowered to bulk tensor copies (not to pointer loads), feeding wgmma
+    assert arch == "sm_90", "TMA candidates are sm_90-only"
+    r = _result(inspected, case, arch)
+    assert r["tma_copies"] > 0 and r["tensor_cores"] == "wgmma", (case.name, r)
+
+
+def test_tma_cases_are_inspected():
+    assert len(TMA_CASE_ARCHS) >= 2
 
 
 def _invariant_pooler_cases():

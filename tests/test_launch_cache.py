@@ -12,6 +12,7 @@ import pytest
 import torch
 import triton.language as tl
 from triton import knobs
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from bertpool_fast.kernels import launch
 from bertpool_fast.kernels.launch import CachedLaunch, _spec
@@ -130,6 +131,22 @@ def _triton_spec(a):
     return native_specialize_impl(BaseBackend, a, False, True, True)
 
 
+def _descriptors():
+    """Host-side tensor descriptors differing in everything a descriptor holds: base dtype and
+    address, sizes, strides, block shape, padding."""
+    out = []
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        hidden = torch.zeros(8, 3, 128, dtype=dtype)
+        for block in ([64, 64], [128, 64], [64, 32], [256, 64], [128]):
+            if len(block) == 1:
+                out.append(TensorDescriptor(hidden.view(-1), [hidden.numel()], [1], block))
+                continue
+            for rows, base in ((8, hidden), (5, hidden[3:]), (8, hidden[:, 0, 64:])):
+                out.append(TensorDescriptor(base, [rows, 64], [384, 1], block))
+            out.append(TensorDescriptor(hidden, [8, 128], [384, 1], block, padding="nan"))
+    return out
+
+
 def _samples():
     ints = [0, 1, 2, 15, 16, 17, 768, -16, -1, 2**31 - 16, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1,
             -(2**31) - 16, 2**40, 2**40 + 3, 2**63 - 16, 2**63, 2**63 + 16, 2**64 - 1]  # fmt: skip
@@ -137,7 +154,7 @@ def _samples():
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.uint8, torch.bool):
         base = torch.zeros(64, dtype=dtype)
         tensors += [base[offset:] for offset in (0, 1, 2, 8, 16)]
-    return ints + tensors + [True, False, 0.5, 1.0, None]
+    return ints + tensors + [True, False, 0.5, 1.0, None] + _descriptors()
 
 
 def test_key_determines_tritons_specialization():
@@ -149,6 +166,32 @@ def test_key_determines_tritons_specialization():
     # and the kind of a value is part of the key: 1 and True, 0 and False, 1 and 1.0
     for a, b in ((1, True), (0, False), (1, 1.0), (16, 16.0)):
         assert _spec(a) != _spec(b) or _triton_spec(a) == _triton_spec(b)
+
+
+def test_descriptor_key_is_tritons_descriptor_type():
+    # A descriptor compiles to "tensordesc<fp16[128, 64]>": its base's dtype and its block shape,
+    # nothing else. Equal keys <=> equal types: every block shape and dtype gets its own key, and
+    # sizes, strides, base address and padding (launch-time values) none.
+    descriptors = _descriptors()
+    for a, b in itertools.combinations(descriptors, 2):
+        assert (_spec(a) == _spec(b)) == (_triton_spec(a) == _triton_spec(b)), (a, b)
+    keys = {_spec(d) for d in descriptors}
+    assert len(keys) == 3 * 5  # dtypes x block shapes
+    assert all(_spec(d) != _spec(t) for d in descriptors for t in _samples()[: -len(descriptors)])
+
+
+def test_descriptor_is_passed_to_the_launcher_as_it_is(cache):
+    # the compiled launcher (wrap_handle_tensordesc) expands descriptors itself, on every launch
+    x = torch.zeros(8, 3, 128, dtype=torch.float16)
+    args = [(TensorDescriptor(x, [8, 128], [384, 1], [64, 64]), x, 768, 384) for _ in range(2)]
+    _call(cache, args[0])
+    _call(cache, args[1])  # another descriptor of the same type: a hit
+    assert len(cache.kernel.plain) == 1
+    (direct,) = cache.kernel.compiled.direct
+    assert direct[9] is args[1][0] and direct[10] is x
+    other = (TensorDescriptor(x, [8, 128], [384, 1], [128, 64]), x, 768, 384)
+    _call(cache, other)  # another block shape: compiled apart
+    assert len(cache.kernel.plain) == 2
 
 
 def test_generated_key_agrees_with_spec():
@@ -257,12 +300,14 @@ def test_installed_triton_launcher_protocol_is_known():
 def test_every_launcher_goes_through_a_cache():
     from bertpool_fast.kernels import classifier_head, masked_pool, pooler, pooler_bwd
 
-    caches = [pooler._launch_pooler_fwd, classifier_head._launch_head_fwd,
+    caches = [pooler._launch_pooler_fwd, pooler._launch_pooler_fwd_persistent,
+              pooler._launch_pooler_fwd_tma, classifier_head._launch_head_fwd,
               classifier_head._launch_head_split, classifier_head._launch_head_reduce,
               masked_pool._launch_masked_pool, masked_pool._launch_l2_normalize_kernel,
               pooler_bwd._launch_dx, pooler_bwd._launch_dw]  # fmt: skip
     kernels = {c.kernel.fn.__name__ for c in caches}
-    assert kernels == {"pooler_fwd_kernel", "classifier_head_fwd_kernel",
+    assert kernels == {"pooler_fwd_kernel", "pooler_fwd_persistent_kernel",
+                       "pooler_fwd_tma_kernel", "classifier_head_fwd_kernel",
                        "classifier_head_split_kernel", "classifier_head_reduce_kernel",
                        "masked_pool_fwd_kernel", "l2_normalize_kernel",
                        "pooler_bwd_dx_kernel", "pooler_bwd_dw_kernel"}  # fmt: skip

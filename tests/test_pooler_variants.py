@@ -226,3 +226,210 @@ def test_config_override_is_validated():
         pooler_fwd(hidden, weight, bias, "tanh", config=cfg)
     with pytest.raises(ValueError, match="config.split_k must be >= 1"):
         pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(16, 16, 16, 4, 1, split_k=0))
+
+
+# ---- TMA tiles (pooler_fwd_tma_kernel): descriptor loads; the pointer kernel where TMA can't ---
+
+
+def _tma_candidates() -> list[TileConfig]:
+    configs = [cfg for _, _, cfg in tune_candidates(torch.float16, "sm90") if cfg.tma]
+    assert configs, "no TMA tuning candidate"
+    return configs
+
+
+class LaunchSpy:
+    """Wraps a CachedLaunch: counts the calls, then launches as before."""
+
+    def __init__(self, launch):
+        self.launch, self.calls = launch, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.launch(*args)
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """(TMA launches, pointer-kernel launches), counted."""
+    tma = LaunchSpy(pooler_module._launch_pooler_fwd_tma)
+    plain = LaunchSpy(pooler_module._launch_pooler_fwd)
+    monkeypatch.setattr(pooler_module, "_launch_pooler_fwd_tma", tma)
+    monkeypatch.setattr(pooler_module, "_launch_pooler_fwd", plain)
+    return tma, plain
+
+
+def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=True):
+    """The tile with and without tma=True into NaN-filled outputs: both within the element-wise
+    bound of the float64 result, each through the launch it should take. Under the interpreter
+    both compute the same zero-padded tile products in the same K order: the same bits."""
+    from bertpool_fast.reference import pooler_reference
+    from conftest import gemm_error_bound
+
+    tma, plain = spies
+    if HAS_CUDA and not pooler_module.has_tma(hidden.device):
+        expect_tma = False  # a GPU before sm_90 runs every TMA tile through the pointer kernel
+    m, n = hidden.shape[0], weight.shape[0]
+    out = poisoned((m, n), hidden.dtype, hidden.device)
+    pooler_fwd(hidden, weight, bias, activation, out=out, config=cfg)
+    assert (tma.calls, plain.calls) == ((1, 0) if expect_tma else (0, 1)), config_label(cfg)
+    ref_out = poisoned((m, n), hidden.dtype, hidden.device)
+    pooler_fwd(hidden, weight, bias, activation, out=ref_out, config=cfg._replace(tma=False))
+    x = hidden[:, 0] if hidden.dim() == 3 else hidden
+    b64 = None if bias is None else bias.double()
+    ref = pooler_reference(x.double(), weight.double(), b64, activation)
+    bound = gemm_error_bound(x, weight, bias, activation)
+    try:
+        assert_close_rel(out, ref, hidden.dtype, bound=bound)
+        assert_close_rel(ref_out, ref, hidden.dtype, bound=bound)
+    except AssertionError as exc:
+        raise AssertionError(f"{config_label(cfg)}: {exc}") from None
+    if not HAS_CUDA:
+        assert torch.equal(out, ref_out), f"{config_label(cfg)}: not the pointer kernel's bits"
+    tma.calls = plain.calls = 0
+
+
+HALF = [torch.float16, torch.bfloat16]
+HALF_IDS = ["fp16", "bf16"]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+def test_every_tma_candidate_interpreter(dtype, spies):
+    # Tails everywhere: M = 37 (< BLOCK_M), K = 136 (two full chunks of 64 and 8 more), N = 96
+    # (!= K, < BLOCK_N), rows 2 * K apart (S = 2); and M = 1.
+    for b in (37, 1):
+        hidden, weight, bias = make_inputs(b, 2, 136, 96, dtype)
+        for cfg in _tma_candidates():
+            _check_tma_case(hidden, weight, bias, "tanh", cfg, spies)
+
+
+# (B, S, H_in, H_out, bias, activation): two M tiles with a 2-row tail, N past one BLOCK_N, K a
+# multiple of BLOCK_K, K below one BLOCK_K; each activation once; bias on and off.
+TMA_SHAPES = [
+    pytest.param(66, 3, 128, 160, True, "gelu", id="two-M-tiles-N-tail-gelu"),
+    pytest.param(5, 1, 200, 72, False, "relu", id="S1-no-bias-relu"),
+    pytest.param(9, 4, 40, 136, True, "gelu_tanh", id="K-below-one-chunk-gelu_tanh"),
+    pytest.param(3, 2, 96, 96, False, "identity", id="no-bias-identity"),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("b,s,h_in,h_out,bias_on,activation", TMA_SHAPES)
+def test_tma_tile_shapes_interpreter(b, s, h_in, h_out, bias_on, activation, dtype, spies):
+    hidden, weight, bias = make_inputs(b, s, h_in, h_out, dtype)
+    cfg = TileConfig(64, 128, 64, 4, 3, tma=True)
+    _check_tma_case(hidden, weight, bias if bias_on else None, activation, cfg, spies)
+
+
+def _fallback_inputs(case: str, dtype):
+    if case == "H-not-multiple-of-8":  # rows 3 * 100 elements apart: not 16 bytes
+        return make_inputs(7, 3, 100, 40, dtype)
+    if case == "view-offset-by-one":  # data_ptr 2 bytes past a 16-byte boundary
+        hidden, weight, bias = make_inputs(7, 2, 96, 40, dtype)
+        flat = torch.empty(hidden.numel() + 1, dtype=dtype, device=hidden.device)
+        shifted = flat[1:].view(hidden.shape)
+        shifted.copy_(hidden)
+        return shifted, weight, bias
+    if case == "transposed-weight":  # weight.stride(1) != 1
+        hidden, weight, bias = make_inputs(7, 2, 96, 40, dtype)
+        return hidden, weight.t().contiguous().t(), bias
+    if case == "weight-rows-misaligned":  # weight [N, 100] rows: 200 bytes apart
+        hidden, weight, bias = make_inputs(7, 4, 100, 40, dtype)  # x rows 400 apart: fine
+        return hidden, weight, bias
+    raise ValueError(case)
+
+
+FALLBACKS = ["H-not-multiple-of-8", "view-offset-by-one", "transposed-weight",
+             "weight-rows-misaligned"]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("case", FALLBACKS)
+def test_tma_tile_falls_back_to_the_pointer_kernel(case, dtype, spies):
+    # What a descriptor cannot describe runs the same tile through the pointer kernel: the same
+    # result, never an error.
+    hidden, weight, bias = _fallback_inputs(case, dtype)
+    cfg = TileConfig(64, 128, 64, 4, 3, tma=True)
+    _check_tma_case(hidden, weight, bias, "tanh", cfg, spies, expect_tma=False)
+
+
+def test_tma_tile_falls_back_for_fp32_and_empty_k(spies):
+    cfg = TileConfig(64, 128, 32, 4, 3, tma=True)
+    hidden, weight, bias = make_inputs(5, 2, 64, 40, torch.float32)
+    out = pooler_fwd(hidden, weight, bias, "tanh", config=cfg)
+    assert spies[0].calls == 0 and spies[1].calls == 1
+    assert_close_rel(out, reference64(hidden, weight, bias), torch.float32)
+    # K = 0: a descriptor's sizes must be positive; the pointer kernel gives act(bias)
+    hidden = torch.empty(3, 2, 0, dtype=torch.float16, device=KERNEL_DEVICE)
+    weight = torch.empty(40, 0, dtype=torch.float16, device=KERNEL_DEVICE)
+    bias = randn(40, dtype=torch.float16)
+    out = pooler_fwd(hidden, weight, bias, "tanh", config=cfg._replace(block_k=64))
+    assert spies[0].calls == 0 and spies[1].calls == 2
+    assert_close_rel(out, torch.tanh(bias.double()).expand(3, 40), torch.float16)
+
+
+def test_launch_path_descriptor_is_tritons_descriptor():
+    # built without __post_init__'s checks (tma_describable made them), it must be the very
+    # object the constructor makes: same class, same fields, same Triton type
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    x = randn(4, 2, 96, dtype=torch.bfloat16)
+    fast = pooler_module._descriptor(x, [4, 96], [192, 1], [64, 64])
+    real = TensorDescriptor(x, [4, 96], [192, 1], [64, 64])
+    assert type(fast) is TensorDescriptor and vars(fast).keys() == vars(real).keys()
+    assert fast.base is x and all(vars(fast)[k] == vars(real)[k] for k in vars(real) if k != "base")
+
+    def spec(d):
+        return native_specialize_impl(BaseBackend, d, False, True, True)
+
+    assert spec(fast) == spec(real) == ("tensordesc<bf16[64, 64]>", None)
+
+
+def test_tma_describable(monkeypatch):
+    # CPU tensors, the interpreter's answer first (the kernel runs there), then a real launch's
+    monkeypatch.setattr(pooler_module, "_INTERPRETED", True)
+    hidden, weight, _ = make_inputs(4, 2, 96, 40, torch.float16, device="cpu")
+    device = hidden.device
+
+    def ok(x, w, dtype=torch.float16, k=96):
+        return pooler_module.tma_describable(x, w, x.stride(), w.stride(), dtype, device, k)
+
+    assert ok(hidden, weight) and ok(hidden[:, 0], weight)
+    assert ok(hidden[:, :, 8:], weight), "16 bytes in: base and strides still aligned"
+    assert not ok(hidden[:, :, 1:], weight), "2 bytes in: base misaligned"
+    assert not ok(hidden, weight, torch.float32)
+    assert not ok(hidden, weight, k=0)
+    monkeypatch.setattr(pooler_module, "_INTERPRETED", False)
+    assert not ok(hidden, weight), "off the interpreter, only an sm_90+ GPU has TMA"
+
+
+def test_tma_config_is_validated_and_labelled():
+    hidden, weight, bias = make_inputs(2, 1, 32, 16, torch.float16)
+    for bad in (dict(split_k=2), dict(swap_ab=True), dict(persistent=True)):
+        with pytest.raises(ValueError, match="config.tma takes neither"):
+            pooler_fwd(
+                hidden, weight, bias, "tanh", config=TileConfig(64, 64, 64, 4, 3, tma=True, **bad)
+            )
+    with pytest.raises(ValueError, match="at most 256 elements a side"):
+        pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(512, 64, 64, 8, 3, tma=True))
+    assert config_label(TileConfig(128, 128, 64, 8, 3, tma=True)) == "128x128x64 w8 s3 tma"
+    # positional uses of TileConfig keep their meaning: tma is the last field, off by default
+    assert TileConfig(16, 32, 64, 4, 3, 4, True, False) == TileConfig(
+        16, 32, 64, 4, 3, split_k=4, swap_ab=True
+    )
+    assert TileConfig._fields[-1] == "tma" and not TileConfig(16, 32, 64, 4, 3).tma
+
+
+def test_tma_candidates_are_sm90_inspection_cases():
+    # inspect compiles each TMA candidate for sm_90 alone, its descriptors typed as Triton's
+    # launcher types them
+    cases = [c for c in inspection_cases() if c.tags["config"].tma]
+    assert len(cases) == 2 * len(_tma_candidates())
+    for c in cases:
+        cfg = c.tags["config"]
+        assert c.kernel is pooler_module.pooler_fwd_tma_kernel
+        assert c.tags["only_arch"] == "sm_90" and c.name.endswith(" tma")
+        t = {torch.float16: "fp16", torch.bfloat16: "bf16"}[c.dtype]
+        assert c.signature["x_desc"] == f"tensordesc<{t}[{cfg.block_m}, {cfg.block_k}]>"
+        assert c.signature["w_desc"] == f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>"

@@ -236,20 +236,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU code-path check through the interpreter, tiny sizes")  # fmt: skip
     args = parser.parse_args(argv)
-    if not harness.HAS_CUDA and not args.dry_run:
-        print("error: python -m bench.attribute times kernels on a GPU; on a CPU use --dry-run",
-              file=sys.stderr)  # fmt: skip
+    if not harness.gpu_or_dry_run("python -m bench.attribute", args.dry_run):
         return 2
-    if args.dry_run and not harness.HAS_CUDA:
-        os.environ["TRITON_INTERPRET"] = "1"  # before bertpool_fast imports triton
     from bertpool_fast.kernels.pooler import arch_key
 
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     unknown = [d for d in dtypes if d not in ("fp16", "bf16")]
     if unknown:
         parser.error(f"--dtypes: unknown {unknown}; known: fp16, bf16")
-    batches = (tuple(int(b) for b in args.batches.split(",")) if args.batches
-               else DRY_RUN["batches"] if args.dry_run else BATCHES)  # fmt: skip
+    batches = harness.batches_arg(args.batches, BATCHES, DRY_RUN["batches"], args.dry_run)
     hidden, seq = (DRY_RUN["hidden"], DRY_RUN["seq"]) if args.dry_run else (HIDDEN, SEQ)
     env = harness.environment()
     arch = arch_key(*torch.cuda.get_device_capability()) if harness.HAS_CUDA else "default"

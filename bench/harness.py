@@ -23,6 +23,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -310,3 +311,21 @@ class Budget:
 
     def spent(self) -> bool:
         return self.left() <= 0
+
+
+def gpu_or_dry_run(prog: str, dry_run: bool) -> bool:
+    """For a command that times kernels: False, having said why, on a CPU without ``--dry-run``.
+    A dry run on a CPU switches Triton's interpreter on, before bertpool_fast imports triton."""
+    if not HAS_CUDA and not dry_run:
+        print(f"error: {prog} times kernels on a GPU; on a CPU use --dry-run", file=sys.stderr)
+        return False
+    if dry_run and not HAS_CUDA:
+        os.environ["TRITON_INTERPRET"] = "1"
+    return True
+
+
+def batches_arg(text: Optional[str], default: tuple, dry_run_default: tuple, dry_run: bool):
+    """The batch sizes of a ``--batches`` option: its comma-separated M values, or a default."""
+    if text:
+        return tuple(int(b) for b in text.split(","))
+    return dry_run_default if dry_run else default

@@ -383,13 +383,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    if not harness.HAS_CUDA and not args.dry_run:
-        print("error: python -m bench.tune times kernels on a GPU; on a CPU use --dry-run",
-              file=sys.stderr)  # fmt: skip
+    if not harness.gpu_or_dry_run("python -m bench.tune", args.dry_run):
         return 2
-    if args.dry_run and not harness.HAS_CUDA:
-        # before triton is imported (by bertpool_fast below): the kernels run through the interpreter
-        os.environ["TRITON_INTERPRET"] = "1"
     from bertpool_fast.kernels.pooler import arch_key, pick_config
 
     budget = harness.Budget(args.budget_s)
@@ -397,8 +392,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = [d for d in dtypes if d not in TOLERANCE]
     if unknown:
         parser.error(f"--dtypes: unknown {unknown}; known: {sorted(TOLERANCE)}")
-    batches = (tuple(int(b) for b in args.batches.split(",")) if args.batches
-               else DRY_RUN["batches"] if args.dry_run else BATCHES)  # fmt: skip
+    batches = harness.batches_arg(args.batches, BATCHES, DRY_RUN["batches"], args.dry_run)
     hidden, seq = (DRY_RUN["hidden"], DRY_RUN["seq"]) if args.dry_run else (HIDDEN, SEQ)
     env = harness.environment()
     # this GPU's own table, whether the file has one yet or not; the interpreter's is "default"

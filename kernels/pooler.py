@@ -908,89 +908,56 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
     from .inspection import TRITON_DTYPE, KernelCase
 
     t = TRITON_DTYPE[dtype]
+    tiles = {"BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}
     if cfg.tma:
-        return _tma_case(name, dtype, cfg, tags, t, KernelCase)
-    # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB
-    scratch = () if cfg.persistent else ("ws_ptr", "ticket_ptr")
-    return KernelCase(
-        name=name,
-        kernel=pooler_fwd_persistent_kernel if cfg.persistent else pooler_fwd_kernel,
-        signature={
+        # Descriptors are typed by element type and block shape only, as Triton's launcher types
+        # them; their sizes and strides are run-time values the copy engine reads, with no hints.
+        kernel = pooler_fwd_tma_kernel
+        signature = {
+            "x_desc": f"tensordesc<{t}[{cfg.block_m}, {cfg.block_k}]>",
+            "w_desc": f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>",
+            "b_ptr": f"*{t}",
+            "out_ptr": f"*{t}",
+            **dict.fromkeys(("M", "N", "K", "stride_b", "stride_om"), "i32"),
+        }
+        constexprs = {"HAS_BIAS": True, "ACTIVATION": "tanh", "INTERPRETED_BF16": False, **tiles}
+        divisible = ("b_ptr", "out_ptr", "N", "K", "stride_om")
+    else:
+        # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB
+        scratch = () if cfg.persistent else ("ws_ptr", "ticket_ptr")
+        kernel = pooler_fwd_persistent_kernel if cfg.persistent else pooler_fwd_kernel
+        signature = {
             "x_ptr": f"*{t}",
             "w_ptr": f"*{t}",
             "b_ptr": f"*{t}",
             "out_ptr": f"*{t}",
             **({"ws_ptr": "*fp32", "ticket_ptr": "*i32"} if scratch else {}),
-            "M": "i32",
-            "N": "i32",
-            "K": "i32",
+            **dict.fromkeys(("M", "N", "K"), "i32"),
             "stride_xm": "i64",
-            "stride_wn": "i32",
-            "stride_b": "i32",
-            "stride_om": "i32",
-        },
-        constexprs={
+            **dict.fromkeys(("stride_wn", "stride_b", "stride_om"), "i32"),
+        }
+        constexprs = {
             "stride_xk": 1,
             "stride_wk": 1,
             "HAS_BIAS": True,
             "ACTIVATION": "tanh",
             "DOT_PRECISION": "ieee",
             "INTERPRETED_BF16": False,
-            "BLOCK_M": cfg.block_m,
-            "BLOCK_N": cfg.block_n,
-            "BLOCK_K": cfg.block_k,
+            **tiles,
             **({} if cfg.persistent else {"SPLIT_K": cfg.split_k, "SWAP_AB": cfg.swap_ab}),
-        },
+        }
+        divisible = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", *scratch, "N", "K", "stride_xm",
+                     "stride_wn", "stride_om")  # fmt: skip
+    return KernelCase(
+        name=name,
+        kernel=kernel,
+        signature=signature,
+        constexprs=constexprs,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         dtype=dtype,
         expects_tensor_cores=dtype != torch.float32,
-        divisible_by_16=(
-            "x_ptr",
-            "w_ptr",
-            "b_ptr",
-            "out_ptr",
-            *scratch,
-            "N",
-            "K",
-            "stride_xm",
-            "stride_wn",
-            "stride_om",
-        ),
-        tags=dict(tags, wgmma_shape=wgmma_shaped(cfg), config=cfg),
-    )
-
-
-def _tma_case(name, dtype, cfg, tags, t, KernelCase):
-    # Descriptors are typed by element type and block shape only, as Triton's launcher types them;
-    # their sizes and strides are run-time values the copy engine reads, carrying no hints.
-    return KernelCase(
-        name=name,
-        kernel=pooler_fwd_tma_kernel,
-        signature={
-            "x_desc": f"tensordesc<{t}[{cfg.block_m}, {cfg.block_k}]>",
-            "w_desc": f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>",
-            "b_ptr": f"*{t}",
-            "out_ptr": f"*{t}",
-            "M": "i32",
-            "N": "i32",
-            "K": "i32",
-            "stride_b": "i32",
-            "stride_om": "i32",
-        },
-        constexprs={
-            "HAS_BIAS": True,
-            "ACTIVATION": "tanh",
-            "INTERPRETED_BF16": False,
-            "BLOCK_M": cfg.block_m,
-            "BLOCK_N": cfg.block_n,
-            "BLOCK_K": cfg.block_k,
-        },
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        dtype=dtype,
-        expects_tensor_cores=True,
-        divisible_by_16=("b_ptr", "out_ptr", "N", "K", "stride_om"),
+        divisible_by_16=divisible,
         tags=dict(tags, wgmma_shape=wgmma_shaped(cfg), config=cfg),
     )
 

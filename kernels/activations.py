@@ -23,12 +23,13 @@ _LIBDEVICE = tl.constexpr(not interpreter_enabled())
 
 @triton.jit
 def tanh_f32(x):
-    # tanh(x) = (1 - e^{-2|x|}) / (1 + e^{-2|x|}) with the sign put back. e^{-2|x|} lies in [0, 1],
-    # so nothing overflows: large |x| gives exactly +-1 (the naive (e^{2x}-1)/(e^{2x}+1) gives
-    # inf/inf = NaN there), and the quotient itself is tanh|x| (no subtraction after the division,
-    # which 1 - 2 / (e^{2|x|} + 1) would need, losing ~3x more to cancellation below |x| ~ 0.35).
-    # Near zero 1 - e^{-2|x|} cancels, so small |x| uses the odd Taylor series, whose first
-    # omitted term (17x^7/315) is below fp32 rounding for |x| < 1/16.
+    # tanh(x) = (1 - t) / (1 + t), t = e^{-2|x|}, with the sign put back. t lies in [0, 1], so
+    # nothing overflows: large |x| gives exactly +-1 (the naive (e^{2x}-1)/(e^{2x}+1) gives inf/inf
+    # = NaN there), and the quotient itself is tanh|x| (no subtraction after the division). An
+    # error e in t becomes 2t / (1 - t^2) * e in tanh: 8x at |x| = 1/16, 1.9x at 1/4, so below
+    # 1/4 the odd Taylor series runs instead, to x^9 (the first omitted term, 1382 x^11 / 155925,
+    # is 0.15 fp32 ulp at 1/4). exp2 and the division are approximate: CUDA documents 2 ulps for
+    # exp2f and __fdividef, so about 1.9 * 2 + 2.5 ulps at the switch, less above it.
     # A NaN stays NaN: every comparison with it is false and the arithmetic propagates it.
     ax = tl.abs(x)
     if _LIBDEVICE:
@@ -38,10 +39,11 @@ def tanh_f32(x):
         t = tl.math.exp2(ax * -2.8853900817779268)
         big = (1.0 - t) / (1.0 + t)
         big = tl.where(x < 0, -big, big)
-    xs = tl.where(ax < 0.0625, x, 0.0)  # keeps x^3 finite in the branch that is discarded
+    xs = tl.where(ax < 0.25, x, 0.0)  # keeps x^9 finite in the branch that is discarded
     x2 = xs * xs
-    small = xs * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0)))
-    return tl.where(ax < 0.0625, small, big)
+    p = -1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))
+    small = xs * (1.0 + x2 * p)  # xs * (...) keeps the sign of -0.0
+    return tl.where(ax < 0.25, small, big)
 
 
 @triton.jit

@@ -762,6 +762,9 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
 #     3 stages, or 128 and 4, put a program's whole 24 KB slice of W in flight in one latency.
 #   * 64 < M <= 1024: 64-row wgmma tiles (one warpgroup); 64x64 gives 24 programs at M = 128 and
 #     96 at M = 512, so split-K 2/4 and 64x32 tiles lift the small end to ~100-200 programs.
+#     Up to M ~ 1024 a program's time is its K loop's latency chain, not its arithmetic: 12
+#     dependent 64-wide steps with 3-4 in flight is 3-4 memory latencies; BLOCK_K 128 (4 stages)
+#     or 256 (3 stages) puts most or all of a program's K in flight at once, with no split.
 #   * M >= 512: 128-row tiles; 128x128 at M = 8192 is 384 tiles, 2.9 waves of one CTA per SM, but
 #     at 96 KiB of shared memory (3 stages) two CTAs fit per SM (1.45 waves); 128x64 / 64x128 (4
 #     warps, 4 stages) move that tail.
@@ -803,6 +806,9 @@ _HALF_CANDIDATES = (
     (64, 256, TileConfig(64, 64, 64, 4, 3, split_k=4)),
     (64, 1024, TileConfig(64, 32, 64, 4, 4)),
     (64, 512, TileConfig(64, 32, 64, 4, 3, split_k=2)),
+    (64, 1024, TileConfig(64, 32, 128, 4, 4)),
+    (64, 1024, TileConfig(64, 32, 256, 4, 3)),
+    (64, 512, TileConfig(64, 64, 128, 4, 4)),
     (256, 8192, TileConfig(128, 64, 64, 4, 4)),
     (256, 8192, TileConfig(64, 128, 64, 4, 4)),
     (512, 8192, TileConfig(128, 128, 64, 8, 3)),

@@ -231,6 +231,22 @@ def targets(records: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def per_call_targets(records: list[dict]) -> list[str]:
+    """The per-call target from ``bench/test_bench_launch.py::test_per_call_interleaved``: the
+    median over rounds of FastBertPooler's time over eager's, each round timing both."""
+    recs = [r for r in _records_of(records, "launch_interleaved") if r["contestant"] == "eager"]
+    if not recs:
+        return []
+    lines = ["## Per call: FastBertPooler / eager BertPooler, timed interleaved (<= 0.7)", "",
+             "| dtype | B | eager us | ratio (rounds' range) |", "|---|---|---|---|"]  # fmt: skip
+    for r in sorted(recs, key=lambda r: (r["dtype"], r["batch"])):
+        ratio, (lo, hi) = r["fast_over_eager"], r["ratio_spread"]
+        verdict = _verdict(ratio <= EAGER_RATIO, ratio, EAGER_RATIO)
+        lines.append(f"| {r['dtype']} | {r['batch']} | {r['wall_us']:.1f} | {ratio:.2f} "
+                     f"({lo:.2f}-{hi:.2f}; {verdict}) |")  # fmt: skip
+    return lines + ["", ""]
+
+
 def invariance_cost(records: list[dict]) -> list[str]:
     idx = _index(records)
     costs = []
@@ -411,6 +427,7 @@ def write_report(json_path: str, out_dir: Optional[str] = None) -> list[str]:
     written = plots(records, env, out_dir) if records else []
     header = f"# bertpool_fast benchmark: {env.get('device', '?')}\n\nStamp: {stamp(env)}.\n\n"
     text = markdown(records, env, cal) if records else header
+    text += "\n".join(per_call_targets(all_records))
     text += "\n".join(backward_markdown(backward))
     text += "\n".join(others)
     if records and not written:

@@ -10,6 +10,9 @@ Three parts, one run:
   own ``JITFunction.run`` against the cache. It needs no GPU, so it is measured on CPU machines too
   (label such figures "CPU host-time"); it also checks that both paths hand the launcher the very
   same arguments.
+* the same per-call wall time of ``FastBertPooler`` against eager ``BertPooler`` timed interleaved
+  (rounds of A then B, then B then A, ...), reported as the median of the per-round ratios: on a
+  busy host the separate cases above drift apart by more than the difference they measure;
 * BERT-base forward (random weights, S = 128, B = 8), eager against patched, timed interleaved
   (A, B, A, B, ...) so order effects cancel; reported as a ratio, expected ~1.00.
 
@@ -276,6 +279,53 @@ def test_host_time_per_call(request, bench_results):
           f"{figures['inference']:.2f} us without a plan, {figures['planned']:.2f} us with one; "
           f"the two triton.cdiv calls the launcher made before cost "
           f"{figures['two_triton_cdiv']:.2f} us")  # fmt: skip
+
+
+INTERLEAVED = [(d, b) for d in ("fp16", "bf16") for b in (1, 32, 512, 8192)]
+
+
+@pytest.mark.parametrize("dtype_name,batch", INTERLEAVED if harness.HAS_CUDA else [("bf16", 2)],
+                         ids=lambda v: str(v))  # fmt: skip
+def test_per_call_interleaved(request, bench_results, dtype_name, batch):
+    enabled = benchmark_enabled(request.config) and harness.HAS_CUDA
+    dtype = harness.DTYPES_BY_NAME[dtype_name]
+    device = "cuda" if harness.HAS_CUDA else "cpu"
+    hidden = H if harness.HAS_CUDA else 64
+    h = torch.randn(batch, SEQ, hidden, device=device).to(dtype)
+    w = (torch.randn(hidden, hidden, device=device) * hidden**-0.5).to(dtype)
+    b = (torch.randn(hidden, device=device) * 0.1).to(dtype)
+    with torch.inference_mode():
+        calls = {"eager": make_call("eager", h, w, b),
+                 "fast_bert_pooler": make_call("fast_bert_pooler", h, w, b)}  # fmt: skip
+        expected = calls["eager"](0)
+        got = calls["fast_bert_pooler"](0)
+        assert harness.rel_err(got, expected) <= AGREEMENT[dtype_name]
+        if not enabled:
+            return
+        iters, rounds = 200, 24
+        per_call: dict[str, list[float]] = {name: [] for name in calls}
+        for name in calls:  # warm-up: compile, plans, allocator
+            harness.wall_loop(calls[name], 1, iters)()
+        for r in range(rounds):
+            order = list(calls) if r % 2 == 0 else list(reversed(calls))
+            for name in order:
+                run = harness.wall_loop(calls[name], 1, iters)
+                t0 = time.perf_counter()
+                run()
+                per_call[name].append((time.perf_counter() - t0) * 1e6 / iters)
+    ratios = [f / e for f, e in zip(per_call["fast_bert_pooler"], per_call["eager"])]
+    ratio = statistics.median(ratios)
+    nan = float("nan")
+    for contestant, times in per_call.items():
+        bench_results.append({"bench": "launch_interleaved", "dtype": dtype_name, "hidden": H,
+                              "batch": batch, "contestant": contestant,
+                              "wall_us": statistics.median(times), "floor_us": nan,
+                              "time_over_floor": nan, "fast_over_eager": ratio,
+                              "ratio_spread": [min(ratios), max(ratios)]})  # fmt: skip
+    print(f"\nper call, interleaved, {dtype_name} B={batch}: FastBertPooler / eager BertPooler = "
+          f"{ratio:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}), "
+          f"{statistics.median(per_call['fast_bert_pooler']):.1f} vs "
+          f"{statistics.median(per_call['eager']):.1f} us")  # fmt: skip
 
 
 # ---- end to end: BERT-base forward, eager against patched, interleaved ----------------------------

@@ -22,6 +22,7 @@ from triton import knobs
 from bertpool_fast import ops
 from bertpool_fast.kernels import pooler
 from bertpool_fast.kernels.launch import CachedLaunch
+from bertpool_fast.kernels.tiles import TileConfig
 from bertpool_fast.reference import pooler_reference
 from conftest import HAS_CUDA, randn
 
@@ -34,10 +35,24 @@ def _stand_in(x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, ticket_ptr, M, N, K, stride_
     pass
 
 
+def _stand_in_persistent(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wn,
+                         stride_wk, stride_b, stride_om, HAS_BIAS: tl.constexpr,
+                         ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                         INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    pass
+
+
 def _compute(args: tuple) -> None:
-    """What the kernel computes, from the arguments as launched (tensors, ints, constexprs)."""
-    x, w, b, out, _ws, _tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
+    """What the kernel computes, from the arguments as launched (tensors, ints, constexprs); the
+    persistent kernel's arguments are the plain kernel's without the split-K scratch."""
+    if len(args) == 20:  # the persistent signature: 13 runtime arguments, 7 constexprs
+        args = (*args[:4], None, None, *args[4:])
+    x, w, b, out, ws, tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
     has_bias, activation = args[15], args[16]
+    if len(args) == 24 and args[22] > 1:  # SPLIT_K: fp32 partials for every split, int32 tickets
+        assert ws.dtype == torch.float32 and ws.numel() >= args[22] * m * n
+        assert tickets.dtype == torch.int32
     rows = torch.as_strided(x, (m, k), (sxm, sxk), x.storage_offset())
     weight = torch.as_strided(w, (n, k), (swn, swk), w.storage_offset())
     bias = torch.as_strided(b, (n,), (sb,), b.storage_offset()) if has_bias else None
@@ -61,8 +76,8 @@ class ComputingCompiled:
 class ComputingKernel:
     pre_run_hooks: list = []
 
-    def __init__(self):
-        self.fn = _stand_in
+    def __init__(self, fn=_stand_in):
+        self.fn = fn
         self.compiled = ComputingCompiled()
         self.plain = 0
 
@@ -75,14 +90,21 @@ class ComputingKernel:
         return launch_
 
 
-@pytest.fixture
-def stand_in(monkeypatch):
-    """pooler's launcher replaced by an enabled cache around ComputingKernel, CPU tensors."""
-    cache = CachedLaunch(ComputingKernel(), enabled=True)
+def _computing_cache(fn=_stand_in) -> CachedLaunch:
+    cache = CachedLaunch(ComputingKernel(fn), enabled=True)
     cache.device = -1  # CPU tensors' get_device()
     cache.current_device = lambda: cache.device
     cache.current_stream = lambda device: 7
+    return cache
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """pooler's launchers replaced by enabled caches around ComputingKernel, CPU tensors."""
+    cache = _computing_cache()
     monkeypatch.setattr(pooler, "_launch_pooler_fwd", cache)
+    cache.persistent = _computing_cache(_stand_in_persistent)
+    monkeypatch.setattr(pooler, "_launch_pooler_fwd_persistent", cache.persistent)
     monkeypatch.setattr(ops, "_PLANS", {})
     calls = []
     real = pooler.pooler_fwd
@@ -151,6 +173,31 @@ def _mutations(hidden, weight, bias):
     yield "strided columns", dict(hidden=randn(5, 3, 2 * h, dtype=hidden.dtype,
                                               device="cpu")[..., ::2])  # fmt: skip
     yield "another dtype", dict(hidden=hidden.float(), weight=weight.float(), bias=bias.float())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TileConfig(16, 32, 64, 4, 3, split_k=4),
+        TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True),
+        TileConfig(64, 64, 64, 4, 4, persistent=True),
+    ],
+    ids=["split-k", "swap-ab", "persistent"],
+)
+def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
+    # the table's tile decides the launch's arguments: split-K scratch, the persistent kernel's
+    # shorter signature and one-program-per-SM grid; a plan must hand each the right ones
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: config)
+    hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
+    kernel = stand_in.persistent.kernel if config.persistent else stand_in.kernel
+    _, planned = _run(stand_in, hidden, weight, bias)
+    assert not planned and kernel.plain == 1
+    for s in (3, 5):
+        hidden = randn(5, s, 200, dtype=hidden.dtype, device="cpu")
+        before = kernel.compiled.direct
+        out = ops.pooler_inference(hidden, weight, bias, "tanh")
+        assert kernel.compiled.direct == before + 1 and len(stand_in.full_path_calls) == 1
+        torch.testing.assert_close(out, _expected(hidden, weight, bias), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("what", [name for name, _ in _mutations(*_inputs())])

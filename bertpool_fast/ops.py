@@ -251,14 +251,7 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
         and type(weight) in _PLAIN
         and (b is None or type(b) in _PLAIN)
         and not _is_compiling()
-        and not (
-            _is_grad_enabled()
-            and (
-                hidden_states.requires_grad
-                or weight.requires_grad
-                or (b is not None and b.requires_grad)
-            )
-        )
+        and not _needs_grad(hidden_states, weight, b)
         and _on_kernel_device(hidden_states, weight, b)
         and hidden_states.dtype in KERNEL_DTYPES
         and weight.dtype is hidden_states.dtype
@@ -288,15 +281,17 @@ def _plan_applies(plan, hidden_states, weight, bias, activation) -> bool:
         and hidden_states.layout is _STRIDED
         and (bias is None or (type(bias) in _PLAIN and bias.layout is _STRIDED))
         and weight.layout is _STRIDED
-        and not (
-            _is_grad_enabled()
-            and (
-                hidden_states.requires_grad
-                or weight.requires_grad
-                or (bias is not None and bias.requires_grad)
-            )
-        )
+        and not _needs_grad(hidden_states, weight, bias)
         and not _is_autocast_enabled(plan.device_type)
+    )
+
+
+def _needs_grad(hidden_states, weight, bias) -> bool:
+    """Whether autograd must record this call (then it goes through the custom op)."""
+    return _is_grad_enabled() and (
+        hidden_states.requires_grad
+        or weight.requires_grad
+        or (bias is not None and bias.requires_grad)
     )
 
 
@@ -384,11 +379,6 @@ def _fused_pooler(hidden_states, weight, bias, activation, backend, batch_invari
             "batch_invariant=True is a property of the Triton kernel's tiles; the torch path "
             f"(backend={backend!r} on {hidden_states.device}, {hidden_states.dtype}) cannot give it"
         )
-    needs_grad = torch.is_grad_enabled() and (
-        hidden_states.requires_grad
-        or weight.requires_grad
-        or (bias is not None and bias.requires_grad)
-    )
-    if needs_grad or compiling:
+    if _needs_grad(hidden_states, weight, bias) or compiling:
         return pooler_op(hidden_states, weight, bias, activation, chosen, batch_invariant)
     return _forward(hidden_states, weight, bias, activation, chosen, batch_invariant)

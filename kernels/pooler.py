@@ -472,6 +472,15 @@ def split_k_scratch(device: torch.device, partials: int, tiles: int):
 
 # table_arch per device, asked once: a device's capability does not change within a process
 _TABLE_ARCH: dict = {}
+
+
+def _device_arch(device: torch.device) -> str:
+    arch = _TABLE_ARCH.get(device)
+    if arch is None:
+        arch = _TABLE_ARCH[device] = table_arch(device)
+    return arch
+
+
 _INTERPRETED = interpreter_enabled()  # fixed when triton is imported
 
 
@@ -502,10 +511,7 @@ def pooler_fwd(
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
     if config is None:
-        arch = _TABLE_ARCH.get(device)
-        if arch is None:
-            arch = _TABLE_ARCH[device] = table_arch(device)
-        config = pick_config(m, dtype, batch_invariant, arch)
+        config = pick_config(m, dtype, batch_invariant, _device_arch(device))
     else:
         check_config(config)
     launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
@@ -562,10 +568,7 @@ def plan_pooler_fwd(
     if x.dim() != 3 or m == 0 or n == 0:
         return None
     device = x.device
-    arch = _TABLE_ARCH.get(device)
-    if arch is None:
-        arch = _TABLE_ARCH[device] = table_arch(device)
-    config = pick_config(m, x.dtype, False, arch)
+    config = pick_config(m, x.dtype, False, _device_arch(device))
     if config.tma:  # its descriptors are made per call, around the rows' own address
         return None
     out = torch.empty((m, n), dtype=x.dtype, device=device)

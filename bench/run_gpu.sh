@@ -55,8 +55,16 @@ if [ "$DRY_RUN" = 1 ]; then
     PY="$RESULTS/venv/bin/python"
     export TRITON_INTERPRET=1
 else
-    # RESULTS_DIR names another folder, e.g. for a second run on the same day
-    RESULTS=${RESULTS_DIR:-"bench/results/$("$PY" -c 'from bench.harness import results_dir_name; print(results_dir_name())')"}
+    # RESULTS_DIR names another folder; by default <gpu>-<date>, and a later run on the same day
+    # gets -run2, -run3 ... so that it never appends to an earlier run's records.jsonl
+    if [ -n "${RESULTS_DIR:-}" ]; then
+        RESULTS=$RESULTS_DIR
+    else
+        BASE="bench/results/$("$PY" -c 'from bench.harness import results_dir_name; print(results_dir_name())')"
+        RESULTS=$BASE
+        N=2
+        while [ -e "$RESULTS" ]; do RESULTS="$BASE-run$N"; N=$((N + 1)); done
+    fi
 fi
 mkdir -p "$RESULTS"
 "$PY" -c 'import json; from bench.harness import environment; print(json.dumps(environment(), indent=1))' > "$RESULTS/environment.json"

@@ -284,6 +284,21 @@ def test_host_time_per_call(request, bench_results):
 INTERLEAVED = [(d, b) for d in ("fp16", "bf16") for b in (1, 32, 512, 8192)]
 
 
+def _interleaved(calls: dict, iters: int = 200, rounds: int = 24) -> dict[str, list[float]]:
+    """Wall us per call of each of two ``calls``, per round: A then B, then B then A, ..."""
+    per_call: dict[str, list[float]] = {name: [] for name in calls}
+    for name in calls:  # warm-up: compile, plans, allocator
+        harness.wall_loop(calls[name], 1, iters)()
+    for r in range(rounds):
+        order = list(calls) if r % 2 == 0 else list(reversed(calls))
+        for name in order:
+            run = harness.wall_loop(calls[name], 1, iters)
+            t0 = time.perf_counter()
+            run()
+            per_call[name].append((time.perf_counter() - t0) * 1e6 / iters)
+    return per_call
+
+
 @pytest.mark.parametrize("dtype_name,batch", INTERLEAVED if harness.HAS_CUDA else [("bf16", 2)],
                          ids=lambda v: str(v))  # fmt: skip
 def test_per_call_interleaved(request, bench_results, dtype_name, batch):
@@ -302,17 +317,7 @@ def test_per_call_interleaved(request, bench_results, dtype_name, batch):
         assert harness.rel_err(got, expected) <= AGREEMENT[dtype_name]
         if not enabled:
             return
-        iters, rounds = 200, 24
-        per_call: dict[str, list[float]] = {name: [] for name in calls}
-        for name in calls:  # warm-up: compile, plans, allocator
-            harness.wall_loop(calls[name], 1, iters)()
-        for r in range(rounds):
-            order = list(calls) if r % 2 == 0 else list(reversed(calls))
-            for name in order:
-                run = harness.wall_loop(calls[name], 1, iters)
-                t0 = time.perf_counter()
-                run()
-                per_call[name].append((time.perf_counter() - t0) * 1e6 / iters)
+        per_call = _interleaved(calls)
     ratios = [f / e for f, e in zip(per_call["fast_bert_pooler"], per_call["eager"])]
     ratio = statistics.median(ratios)
     nan = float("nan")
@@ -326,6 +331,59 @@ def test_per_call_interleaved(request, bench_results, dtype_name, batch):
           f"{ratio:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}), "
           f"{statistics.median(per_call['fast_bert_pooler']):.1f} vs "
           f"{statistics.median(per_call['eager']):.1f} us")  # fmt: skip
+
+
+@pytest.mark.parametrize("batch", [64, 8192] if harness.HAS_CUDA else [2], ids=lambda v: f"B{v}")
+def test_tma_launch_cost(request, bench_results, batch):
+    """What a TMA tile's host-side descriptors cost per call: the same 64x128x64 tile launched
+    through descriptors and through pointers, unplanned (``pooler_fwd`` with the config) and
+    planned (``PoolerPlan.run``), fp16, timed interleaved. At B = 64 both launches are
+    host-bound, so the difference is the descriptors' Python and the driver's encoding of them."""
+    from bertpool_fast.kernels import pooler
+    from bertpool_fast.kernels.tiles import TileConfig
+
+    enabled = benchmark_enabled(request.config) and harness.HAS_CUDA
+    device = "cuda" if harness.HAS_CUDA else "cpu"
+    hidden = H if harness.HAS_CUDA else 64
+    h = torch.randn(batch, SEQ, hidden, device=device).half()
+    w = (torch.randn(hidden, hidden, device=device) * hidden**-0.5).half()
+    b = (torch.randn(hidden, device=device) * 0.1).half()
+    tiles = {
+        "tma": TileConfig(64, 128, 64, 4, 4, tma=True),
+        "pointers": TileConfig(64, 128, 64, 4, 4),
+    }
+    expected = torch.tanh(torch.nn.functional.linear(h[:, 0], w, b))
+    figures = {}
+    with torch.inference_mode():
+        for name, cfg in tiles.items():
+            out = pooler.pooler_fwd(h, w, b, "tanh", config=cfg)
+            assert harness.rel_err(out, expected) <= AGREEMENT["fp16"], name
+        if not enabled:
+            return
+        unplanned = _interleaved({name: (lambda i, c=cfg: pooler.pooler_fwd(h, w, b, "tanh", config=c))
+                                  for name, cfg in tiles.items()})  # fmt: skip
+        for name, times in unplanned.items():
+            figures[f"{name}, unplanned"] = statistics.median(times)
+        plans = {}
+        real_pick = pooler.pick_config
+        for name, cfg in tiles.items():  # each tile's launch is cached by the calls above
+            pooler.pick_config = lambda m, dtype, bi, arch, c=cfg: c
+            try:
+                plans[name] = pooler.plan_pooler_fwd(h, w, b, "tanh")
+            finally:
+                pooler.pick_config = real_pick
+            assert plans[name] is not None and plans[name].run(h, w, b) is not None, name
+        assert plans["tma"].tma_blocks is not None and plans["pointers"].tma_blocks is None
+        planned = _interleaved({name: (lambda i, p=p: p.run(h, w, b)) for name, p in plans.items()})
+        for name, times in planned.items():
+            figures[f"{name}, planned"] = statistics.median(times)
+    nan = float("nan")
+    for contestant, us in figures.items():
+        bench_results.append({"bench": "launch_tma", "dtype": "fp16", "hidden": hidden, "batch": batch,
+                              "contestant": contestant, "wall_us": us, "floor_us": nan,
+                              "time_over_floor": nan})  # fmt: skip
+    print(f"\nTMA launch cost, fp16 B={batch}, us per call: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))  # fmt: skip
 
 
 # ---- end to end: BERT-base forward, eager against patched, interleaved ----------------------------

@@ -255,7 +255,7 @@ def _compile_indexed(job: tuple[int, str]) -> InspectResult:
 def inspect_all(cases: list, archs: list[str], jobs: int = 1) -> list[InspectResult]:
     all_cases = discover_cases()
     index = {c.name: i for i, c in enumerate(all_cases)}
-    # a case tagged only_arch (an architecture-specific tuning candidate) compiles for it alone
+    # a case tagged only_arch (an architecture's own table or tuning candidate) compiles for it alone
     work = [(index[c.name], arch) for c in cases for arch in archs
             if c.tags.get("only_arch", arch) == arch]  # fmt: skip
     if jobs <= 1 or len(work) <= 1:

@@ -48,7 +48,7 @@ def _is_tma(case) -> bool:
 
 CASES = _tested_cases()
 CASE_IDS = [c.name.replace(" ", "_") for c in CASES]
-# (case, arch) pairs: a case tagged only_arch (an architecture's own tuning candidate) is compiled
+# (case, arch) pairs: a case tagged only_arch (an architecture's own table or candidate) is compiled
 # and checked for that target alone, as inspect does.
 CASE_ARCHS = [
     pytest.param(c, arch, id=f"{i}-{arch}")

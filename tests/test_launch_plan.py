@@ -43,11 +43,33 @@ def _stand_in_persistent(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, strid
     pass
 
 
+def _stand_in_tma(x_desc, w_desc, b_ptr, out_ptr, M, N, K, stride_b, stride_om,
+                  HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                  INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr):  # fmt: skip
+    pass
+
+
+def _from_descriptors(args: tuple) -> tuple:
+    """The TMA kernel's arguments as the plain kernel's: each descriptor's base, row stride and
+    column stride, after checking its block shape against the constexprs."""
+    x_desc, w_desc, b, out, m, n, k, sb, som, has_bias, activation, interp, bm, bn, bk = args
+    assert list(x_desc.block_shape) == [bm, bk] and list(w_desc.block_shape) == [bn, bk]
+    assert list(x_desc.shape) == [m, k] and list(w_desc.shape) == [n, k]
+    sxm, sxk = x_desc.strides
+    swn, swk = w_desc.strides
+    return (x_desc.base, w_desc.base, b, out, None, None, m, n, k, sxm, sxk, swn, swk, sb, som,
+            has_bias, activation, "ieee", interp, bm, bn, bk)  # fmt: skip
+
+
 def _compute(args: tuple) -> None:
-    """What the kernel computes, from the arguments as launched (tensors, ints, constexprs); the
-    persistent kernel's arguments are the plain kernel's without the split-K scratch."""
+    """What the kernel computes, from the arguments as launched (tensors, descriptors, ints,
+    constexprs); the persistent kernel's arguments are the plain kernel's without the split-K
+    scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides."""
     if len(args) == 20:  # the persistent signature: 13 runtime arguments, 7 constexprs
         args = (*args[:4], None, None, *args[4:])
+    if len(args) == 15:  # the TMA signature: 9 runtime arguments, 6 constexprs
+        args = _from_descriptors(args)
     x, w, b, out, ws, tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
     has_bias, activation = args[15], args[16]
     if len(args) == 24 and args[22] > 1:  # SPLIT_K: fp32 partials for every split, int32 tickets
@@ -105,6 +127,8 @@ def stand_in(monkeypatch):
     monkeypatch.setattr(pooler, "_launch_pooler_fwd", cache)
     cache.persistent = _computing_cache(_stand_in_persistent)
     monkeypatch.setattr(pooler, "_launch_pooler_fwd_persistent", cache.persistent)
+    cache.tma = _computing_cache(_stand_in_tma)
+    monkeypatch.setattr(pooler, "_launch_pooler_fwd_tma", cache.tma)
     monkeypatch.setattr(ops, "_PLANS", {})
     calls = []
     real = pooler.pooler_fwd
@@ -181,15 +205,19 @@ def _mutations(hidden, weight, bias):
         TileConfig(16, 32, 64, 4, 3, split_k=4),
         TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True),
         TileConfig(64, 64, 64, 4, 4, persistent=True),
+        TileConfig(64, 64, 64, 4, 3, tma=True),
     ],
-    ids=["split-k", "swap-ab", "persistent"],
+    ids=["split-k", "swap-ab", "persistent", "tma"],
 )
 def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     # the table's tile decides the launch's arguments: split-K scratch, the persistent kernel's
-    # shorter signature and one-program-per-SM grid; a plan must hand each the right ones
+    # shorter signature and one-program-per-SM grid, the TMA kernel's descriptors (remade per
+    # call around the rows' address and row stride); a plan must hand each the right ones
     monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: config)
     hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
-    kernel = stand_in.persistent.kernel if config.persistent else stand_in.kernel
+    kernel = stand_in.kernel
+    if config.persistent or config.tma:
+        kernel = stand_in.persistent.kernel if config.persistent else stand_in.tma.kernel
     _, planned = _run(stand_in, hidden, weight, bias)
     assert not planned and kernel.plain == 1
     for s in (3, 5):
@@ -198,6 +226,21 @@ def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
         out = ops.pooler_inference(hidden, weight, bias, "tanh")
         assert kernel.compiled.direct == before + 1 and len(stand_in.full_path_calls) == 1
         torch.testing.assert_close(out, _expected(hidden, weight, bias), rtol=0, atol=0)
+
+
+def test_a_tma_plan_refuses_rows_a_descriptor_cannot_hold(stand_in, monkeypatch):
+    # planned with a row stride of 600 elements (not divisible by 16: Triton's specialization
+    # would allow 612 too), but a descriptor's strides are multiples of 16 bytes: 612 * 2 is not
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: TileConfig(
+        64, 64, 64, 4, 3, tma=True))  # fmt: skip
+    hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
+    _run(stand_in, hidden, weight, bias)
+    odd = randn(5, 3, 204, dtype=hidden.dtype, device="cpu")[..., :200]
+    assert ops._PLANS[id(weight)][1][5].run(odd, weight, bias) is None
+    tma_launches = stand_in.tma.kernel.compiled.direct + stand_in.tma.kernel.plain
+    _, planned = _run(stand_in, odd, weight, bias)  # the full path: the same tile, by pointers
+    assert not planned
+    assert stand_in.tma.kernel.compiled.direct + stand_in.tma.kernel.plain == tma_launches
 
 
 @pytest.mark.parametrize("what", [name for name, _ in _mutations(*_inputs())])
@@ -273,8 +316,9 @@ def test_plans_per_weight_are_bounded(stand_in, monkeypatch):
 @pytest.mark.skipif(not HAS_CUDA, reason="real launches need a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_planned_launches_are_bitwise_the_plain_path(dtype):
-    # the table's tiles at M = 1 (split-K on sm_90), 64, 3000; sequence lengths that change the
-    # row stride; each output against pooler_fwd with the launch cache off (Triton's own launch)
+    # the table's tiles at M = 1, 64, 3000 (a TMA tile on sm_90 fp16/bf16); sequence lengths that
+    # change the row stride; each output against pooler_fwd with the launch caches off (Triton's
+    # own launch)
     ops._PLANS.clear()
     h = 768
     weight = randn(h, h, dtype=dtype, scale=h**-0.5)
@@ -283,10 +327,14 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
         for s in (4, 9, 4):
             hidden = randn(m, s, h, dtype=dtype)
             out = ops.pooler_inference(hidden, weight, bias, "tanh")
-            pooler._launch_pooler_fwd.enabled = False
+            launchers = (pooler._launch_pooler_fwd, pooler._launch_pooler_fwd_persistent,
+                         pooler._launch_pooler_fwd_tma)  # fmt: skip
+            for launcher in launchers:
+                launcher.enabled = False
             try:
                 plain = pooler.pooler_fwd(hidden, weight, bias, "tanh")
             finally:
-                pooler._launch_pooler_fwd.enabled = True
+                for launcher in launchers:
+                    launcher.enabled = True
             torch.testing.assert_close(out, plain, rtol=0, atol=0)
         assert m in ops._PLANS[id(weight)][1], "the plan was never made"

@@ -167,9 +167,22 @@ def test_architecture_candidates_stay_on_their_architecture():
             assert tune_candidates(dtype, arch) == TUNE_CANDIDATES[dtype] + extra
             assert tune_candidates(dtype, "default") == TUNE_CANDIDATES[dtype]
             assert not {c for _, _, c in extra} & {c for _, _, c in TUNE_CANDIDATES[dtype]}
-    only = [c.tags["only_arch"] for c in inspection_cases() if "only_arch" in c.tags]
+    cases = [c for c in inspection_cases() if c.tags["table"] == "candidate"]
+    only = [c.tags["only_arch"] for c in cases if "only_arch" in c.tags]
     assert len(only) == sum(len(e) for by in ARCH_CANDIDATES.values() for e in by.values())
     assert set(only) == {f"sm_{arch[2:]}" for arch in ARCH_CANDIDATES}
+
+
+def test_architecture_tables_are_inspected_on_their_architecture():
+    # the runtime reads an architecture's table on that architecture alone: inspect compiles its
+    # tiles for it alone (an sm_90 table's TMA tile would compile into spilling pointer loads for
+    # sm_80), and the default and batch-invariant tables for every target
+    for c in inspection_cases():
+        table = c.tags["table"]
+        if table in POOLER_TABLES and table != "default":
+            assert c.tags["only_arch"] == f"sm_{table[2:]}", c.name
+        elif table in ("default", "batch_invariant"):
+            assert "only_arch" not in c.tags, c.name
 
 
 def test_runtime_picks_the_table_of_its_device():
@@ -424,7 +437,9 @@ def test_tma_config_is_validated_and_labelled():
 def test_tma_candidates_are_sm90_inspection_cases():
     # inspect compiles each TMA candidate for sm_90 alone, its descriptors typed as Triton's
     # launcher types them
-    cases = [c for c in inspection_cases() if c.tags["config"].tma]
+    cases = [
+        c for c in inspection_cases() if c.tags["config"].tma and c.tags["table"] == "candidate"
+    ]
     assert len(cases) == 2 * len(_tma_candidates())
     for c in cases:
         cfg = c.tags["config"]

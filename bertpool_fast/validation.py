@@ -196,13 +196,24 @@ def plain_tensors(hidden_states, weight, bias) -> bool:
     )
 
 
-def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """ "triton" or "torch" for these inputs; raises where the kernel cannot run them."""
+# The pooler kernel's dtypes under backend="auto" on a GPU: float32 is left to cuBLAS, which the
+# H100 measured 2-5x faster than the kernel's fp32 FMA loop (NOTES.md, "Known limits");
+# backend="triton" still runs it. The interpreter (CPU) runs every kernel dtype: it exists to test
+# the kernels.
+POOLER_AUTO_GPU_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def resolve_backend(
+    backend: str, device: torch.device, dtype: torch.dtype, pooler: bool = False
+) -> str:
+    """ "triton" or "torch" for these inputs; raises where the kernel cannot run them. ``pooler``:
+    the op is the pooler, whose "auto" leaves float32 on a GPU to cuBLAS."""
     kernel_can_run = device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if kernel_can_run and dtype in KERNEL_DTYPES else "torch"
+        dtypes = POOLER_AUTO_GPU_DTYPES if pooler and device.type == "cuda" else KERNEL_DTYPES
+        return "triton" if kernel_can_run and dtype in dtypes else "torch"
     if not kernel_can_run:
         raise ValueError(
             f"backend='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "

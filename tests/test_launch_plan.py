@@ -314,7 +314,8 @@ def test_plans_per_weight_are_bounded(stand_in, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="real launches need a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+# float32 on a GPU is left to cuBLAS by the inference path (validation.POOLER_AUTO_GPU_DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_planned_launches_are_bitwise_the_plain_path(dtype):
     # the table's tiles at M = 1, 64, 3000 (a TMA tile on sm_90 fp16/bf16); sequence lengths that
     # change the row stride; each output against pooler_fwd with the launch caches off (Triton's

@@ -230,6 +230,49 @@ def test_auto_backend_matches_torch_backend(dtype):
     assert_close_rel(torch_path, ref, dtype)
 
 
+def test_auto_leaves_float32_poolers_on_a_gpu_to_cublas():
+    # the pooler's "auto" on CUDA: fp16/bf16 run the kernel, float32 goes to cuBLAS (measured
+    # faster); the interpreter runs every kernel dtype; other ops' "auto" keeps float32
+    from bertpool_fast.validation import resolve_backend
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for dtype in (torch.float16, torch.bfloat16):
+        assert resolve_backend("auto", cuda, dtype, pooler=True) == "triton"
+    assert resolve_backend("auto", cuda, torch.float32, pooler=True) == "torch"
+    assert resolve_backend("auto", cuda, torch.float32) == "triton"
+    assert resolve_backend("triton", cuda, torch.float32, pooler=True) == "triton"
+    interpreted = KERNEL_DEVICE == "cpu"
+    assert resolve_backend("auto", cpu, torch.float32, pooler=True) == (
+        "triton" if interpreted else "torch"
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA auto path needs a GPU")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_auto_on_a_gpu_runs_the_kernel_for_half_types_only(dtype, monkeypatch):
+    from bertpool_fast import ops
+
+    launched = []
+    real = ops.pooler_fwd
+    monkeypatch.setattr(ops, "pooler_fwd", lambda *a, **k: launched.append(1) or real(*a, **k))
+    monkeypatch.setattr(ops, "_PLANS", {})
+    hidden, weight, bias = make_inputs(5, 3, 96, 64, dtype)
+    with torch.inference_mode():
+        out = bertpool_fast.fused_pooler(hidden, weight, bias)  # the thin inference path
+    with torch.enable_grad():
+        weight.requires_grad_(True)
+        graded = bertpool_fast.fused_pooler(hidden, weight, bias)  # the full path, autograd
+    assert bool(launched) == (dtype is not torch.float32)
+    ref = reference64(hidden, weight, bias)
+    assert_close_rel(out, ref, dtype)
+    assert_close_rel(graded.detach(), ref, dtype)
+    if dtype is torch.float32:  # bitwise what the torch backend computes
+        torch.testing.assert_close(
+            out, bertpool_fast.fused_pooler(hidden, weight, bias, backend="torch"), rtol=0, atol=0
+        )
+
+
 def test_torch_backend_float64():
     hidden, weight, bias = make_inputs(3, 2, 16, 8, torch.float64, device="cpu")
     out = bertpool_fast.fused_pooler(hidden, weight, bias, backend="torch")

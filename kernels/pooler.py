@@ -865,10 +865,15 @@ _SM90_HALF_CANDIDATES = (
     (2048, 8192, TileConfig(128, 256, 64, 8, 3, tma=True)),
     (512, 8192, TileConfig(64, 128, 64, 4, 4, tma=True)),
     (1024, 8192, TileConfig(64, 128, 64, 4, 3, tma=True)),
-    # and at mid M, where the third H100 run found TMA 16-22% faster than pointers from M = 2048
+    # and at mid M, where the third H100 run found TMA 14-25% faster than pointers from M = 2048
+    # (the fourth: 9% at M = 1024, 64x64x64 s4)
     (64, 1024, TileConfig(64, 32, 64, 4, 4, tma=True)),
     (128, 2048, TileConfig(64, 64, 64, 4, 4, tma=True)),
     (128, 2048, TileConfig(64, 64, 64, 4, 3, tma=True)),
+    # after the fourth run, unmeasured: the mid-M winners (deep K blocks of 128, pointer loads)
+    # with TMA loads
+    (64, 1024, TileConfig(64, 32, 128, 4, 4, tma=True)),
+    (64, 1024, TileConfig(64, 64, 128, 4, 3, tma=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},

@@ -256,6 +256,8 @@ def render_config(cfg) -> str:
         extra += ", persistent=True"
     if cfg.tma:
         extra += ", tma=True"
+    if cfg.warp_specialize:
+        extra += ", warp_specialize=True"
     return (f"T({cfg.block_m}, {cfg.block_n}, {cfg.block_k}, {cfg.num_warps}, "
             f"{cfg.num_stages}{extra})")  # fmt: skip
 

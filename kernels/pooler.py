@@ -349,16 +349,18 @@ INTERPRETER_PROGRAMS = 3
 @triton.jit
 def dot_k_tma(
     x_desc, w_desc, off_m, off_n, K, INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip
     """dot_k_range's plain sum over all of K, its X and W tiles copied by TMA from descriptors.
 
     The copy engine computes the addresses and zero-fills the rows past M (X) or N (W) and the
     columns past K, which is what the dot needs: no per-thread offsets or masks, and a stage's
-    arrival is an mbarrier's transaction count, not a cp.async group wait.
+    arrival is an mbarrier's transaction count, not a cp.async group wait. WARP_SPECIALIZE: a
+    producer warp issues the copies and consumer warpgroups the MMAs, each waiting only on its
+    own barriers (Triton's automatic warp specialization); the sum's K order is the same.
     """
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=WARP_SPECIALIZE):
         b_x = x_desc.load([off_m, k0])
         b_w = w_desc.load([off_n, k0])
         if INTERPRETED_BF16:  # as in dot_k_range: the interpreter's bf16 dot is wrong
@@ -386,13 +388,14 @@ def pooler_fwd_tma_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     """pooler_fwd_kernel's plain tile (no split, no swap) with TMA loads; the same epilogue, the
     same grid (N tiles fastest) and the same K chunks in the same order."""
     i_n = tl.program_id(0)
     i_m = tl.program_id(1)
     acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, K, INTERPRETED_BF16, BLOCK_M,
-                    BLOCK_N, BLOCK_K)  # fmt: skip
+                    BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
     o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_m = o_m < M
@@ -444,6 +447,8 @@ def check_config(config: TileConfig) -> None:
         raise ValueError(f"config.tma takes neither split_k, swap_ab nor persistent: {config}")
     if config.tma and max(config.block_m, config.block_n, config.block_k) > 256:
         raise ValueError(f"config.tma: a TMA box is at most 256 elements a side: {config}")
+    if config.warp_specialize and not config.tma:
+        raise ValueError(f"config.warp_specialize needs config.tma: {config}")
 
 
 # Split-K scratch per (device, stream): fp32 partial sums and the per-tile ticket counters, which
@@ -760,7 +765,8 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
     w_desc = _descriptor(weight, [n, k], [stride_wn, 1], [bn, bk])
     args = (x_desc, w_desc, weight if bias is None else bias, out, m, n, k,
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
-    flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn, bk)
+    flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn, bk,
+             config.warp_specialize)  # fmt: skip
     return _launch_pooler_fwd_tma, grid, args, flags
 
 
@@ -874,6 +880,14 @@ _SM90_HALF_CANDIDATES = (
     # with TMA loads
     (64, 1024, TileConfig(64, 32, 128, 4, 4, tma=True)),
     (64, 1024, TileConfig(64, 64, 128, 4, 3, tma=True)),
+    # and warp-specialized (unmeasured): a producer warp for the copies and two consumer
+    # warpgroups for the MMAs (Triton makes it 12 warps, 168 registers; 128-row and 8-warp tiles
+    # are not warp-specialized by Triton 3.6, or fail to compile with 3.9)
+    (64, 1024, TileConfig(64, 32, 128, 4, 4, tma=True, warp_specialize=True)),
+    (64, 1024, TileConfig(64, 64, 128, 4, 3, tma=True, warp_specialize=True)),
+    (128, 2048, TileConfig(64, 64, 64, 4, 4, tma=True, warp_specialize=True)),
+    (1024, 8192, TileConfig(64, 128, 64, 4, 4, tma=True, warp_specialize=True)),
+    (1024, 8192, TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},
@@ -896,7 +910,7 @@ def config_label(cfg: TileConfig) -> str:
     if cfg.split_k > 1:
         label += f" k{cfg.split_k}"
     label += (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
-    return label + (" tma" if cfg.tma else "")
+    return label + (" tma" if cfg.tma else "") + (" ws" if cfg.warp_specialize else "")
 
 
 def inspection_cases() -> list:
@@ -959,7 +973,8 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "out_ptr": f"*{t}",
             **dict.fromkeys(("M", "N", "K", "stride_b", "stride_om"), "i32"),
         }
-        constexprs = {"HAS_BIAS": True, "ACTIVATION": "tanh", "INTERPRETED_BF16": False, **tiles}
+        constexprs = {"HAS_BIAS": True, "ACTIVATION": "tanh", "INTERPRETED_BF16": False, **tiles,
+                      "WARP_SPECIALIZE": cfg.warp_specialize}  # fmt: skip
         divisible = ("b_ptr", "out_ptr", "N", "K", "stride_om")
     else:
         # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB

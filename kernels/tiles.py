@@ -20,6 +20,9 @@ class TileConfig(NamedTuple):
     # X and W tiles loaded by the TMA copy engine through tensor descriptors (plain tiles only,
     # fp16/bf16; kernels/pooler.py)
     tma: bool = False
+    # TMA tiles only: Triton splits the K loop into a producer warp issuing the copies and
+    # consumer warpgroups issuing the MMAs (tl.range(warp_specialize=True); kernels/pooler.py)
+    warp_specialize: bool = False
 
 
 # A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound

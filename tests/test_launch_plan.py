@@ -46,14 +46,14 @@ def _stand_in_persistent(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, strid
 def _stand_in_tma(x_desc, w_desc, b_ptr, out_ptr, M, N, K, stride_b, stride_om,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                   INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr):  # fmt: skip
+                  BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):  # fmt: skip
     pass
 
 
 def _from_descriptors(args: tuple) -> tuple:
     """The TMA kernel's arguments as the plain kernel's: each descriptor's base, row stride and
     column stride, after checking its block shape against the constexprs."""
-    x_desc, w_desc, b, out, m, n, k, sb, som, has_bias, activation, interp, bm, bn, bk = args
+    x_desc, w_desc, b, out, m, n, k, sb, som, has_bias, activation, interp, bm, bn, bk, _ws = args
     assert list(x_desc.block_shape) == [bm, bk] and list(w_desc.block_shape) == [bn, bk]
     assert list(x_desc.shape) == [m, k] and list(w_desc.shape) == [n, k]
     sxm, sxk = x_desc.strides
@@ -68,7 +68,7 @@ def _compute(args: tuple) -> None:
     scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides."""
     if len(args) == 20:  # the persistent signature: 13 runtime arguments, 7 constexprs
         args = (*args[:4], None, None, *args[4:])
-    if len(args) == 15:  # the TMA signature: 9 runtime arguments, 6 constexprs
+    if len(args) == 16:  # the TMA signature: 9 runtime arguments, 7 constexprs
         args = _from_descriptors(args)
     x, w, b, out, ws, tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
     has_bias, activation = args[15], args[16]
@@ -206,8 +206,9 @@ def _mutations(hidden, weight, bias):
         TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True),
         TileConfig(64, 64, 64, 4, 4, persistent=True),
         TileConfig(64, 64, 64, 4, 3, tma=True),
+        TileConfig(64, 64, 64, 4, 3, tma=True, warp_specialize=True),
     ],
-    ids=["split-k", "swap-ab", "persistent", "tma"],
+    ids=["split-k", "swap-ab", "persistent", "tma", "tma-ws"],
 )
 def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     # the table's tile decides the launch's arguments: split-K scratch, the persistent kernel's

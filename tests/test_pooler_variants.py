@@ -286,7 +286,8 @@ def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=Tru
     pooler_fwd(hidden, weight, bias, activation, out=out, config=cfg)
     assert (tma.calls, plain.calls) == ((1, 0) if expect_tma else (0, 1)), config_label(cfg)
     ref_out = poisoned((m, n), hidden.dtype, hidden.device)
-    pooler_fwd(hidden, weight, bias, activation, out=ref_out, config=cfg._replace(tma=False))
+    pointer_cfg = cfg._replace(tma=False, warp_specialize=False)
+    pooler_fwd(hidden, weight, bias, activation, out=ref_out, config=pointer_cfg)
     x = hidden[:, 0] if hidden.dim() == 3 else hidden
     b64 = None if bias is None else bias.double()
     ref = pooler_reference(x.double(), weight.double(), b64, activation)
@@ -426,12 +427,21 @@ def test_tma_config_is_validated_and_labelled():
             )
     with pytest.raises(ValueError, match="at most 256 elements a side"):
         pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(512, 64, 64, 8, 3, tma=True))
+    with pytest.raises(ValueError, match="warp_specialize needs config.tma"):
+        pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(64, 64, 64, 4, 3,
+                                                                   warp_specialize=True))  # fmt: skip
     assert config_label(TileConfig(128, 128, 64, 8, 3, tma=True)) == "128x128x64 w8 s3 tma"
-    # positional uses of TileConfig keep their meaning: tma is the last field, off by default
+    assert (
+        config_label(TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True))
+        == "64x128x64 w4 s3 tma ws"
+    )
+    # positional uses of TileConfig keep their meaning: tma and warp_specialize are the last
+    # fields, off by default
     assert TileConfig(16, 32, 64, 4, 3, 4, True, False) == TileConfig(
         16, 32, 64, 4, 3, split_k=4, swap_ab=True
     )
-    assert TileConfig._fields[-1] == "tma" and not TileConfig(16, 32, 64, 4, 3).tma
+    assert TileConfig._fields[-2:] == ("tma", "warp_specialize")
+    assert not TileConfig(16, 32, 64, 4, 3).tma and not TileConfig(16, 32, 64, 4, 3).warp_specialize
 
 
 def test_tma_candidates_are_sm90_inspection_cases():
@@ -444,7 +454,8 @@ def test_tma_candidates_are_sm90_inspection_cases():
     for c in cases:
         cfg = c.tags["config"]
         assert c.kernel is pooler_module.pooler_fwd_tma_kernel
-        assert c.tags["only_arch"] == "sm_90" and c.name.endswith(" tma")
+        assert c.tags["only_arch"] == "sm_90" and " tma" in c.name
+        assert c.constexprs["WARP_SPECIALIZE"] is cfg.warp_specialize
         t = {torch.float16: "fp16", torch.bfloat16: "bf16"}[c.dtype]
         assert c.signature["x_desc"] == f"tensordesc<{t}[{cfg.block_m}, {cfg.block_k}]>"
         assert c.signature["w_desc"] == f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>"

@@ -215,8 +215,9 @@ def compile_case(case, arch: str) -> InspectResult:
         # Triton caches the compile; the readings are cached beside it under the same kernel hash
         # (source, options, target and Triton version), so a second run costs no ptxas call.
         cache_file = os.path.join(_results_cache_dir(), f"{compiled.metadata.hash}.json")
+        # num_warps as compiled: warp specialization adds a producer and a consumer warpgroup
         readings = ("registers", "stack_bytes", "spill_stores", "spill_loads", "shared_bytes",
-                    "tensor_cores", "tma_copies")  # fmt: skip
+                    "tensor_cores", "tma_copies", "num_warps")  # fmt: skip
         cached = {}
         if os.path.exists(cache_file):
             with open(cache_file) as f:
@@ -235,6 +236,7 @@ def compile_case(case, arch: str) -> InspectResult:
         result.shared_bytes = int(compiled.metadata.shared)
         result.tensor_cores = tensor_core_instructions(ptx)
         result.tma_copies = len(TMA_COPY.findall(ptx))
+        result.num_warps = int(compiled.metadata.num_warps)
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
         with open(cache_file + f".{os.getpid()}", "w") as f:
             json.dump({k: getattr(result, k) for k in readings}, f)

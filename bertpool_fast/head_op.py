@@ -39,7 +39,9 @@ def fused_classifier_head(
 
     hidden_states: [B, S, H] any strides; weight: [N, H]; classifier_weight: [L, N]. One launch for
     L <= 128 labels and B <= FUSED_HEAD_MAX_BATCH (pooled rows rounded to the input dtype on chip,
-    as eager rounds them); otherwise the pooler kernel then ``F.linear``, which measured faster. Forward only: with grad recorded it runs eagerly.
+    as eager rounds them); otherwise ``fused_pooler`` with this ``backend`` (under "auto", float32
+    on a GPU goes to cuBLAS) then ``F.linear``, which measured faster. Forward only: with grad
+    recorded it runs eagerly.
     Returns [B, L] in the input dtype. Under ``torch.autocast`` the inputs are first cast as the two
     eager ``nn.Linear`` calls cast theirs (only the first-token rows of ``hidden_states``), so the
     logits have the autocast dtype, as eager's do.
@@ -65,7 +67,9 @@ def fused_classifier_head(
             hidden_states[:, 0], weight, bias, classifier_weight, classifier_bias, activation
         )
     if classifier_weight.shape[0] > MAX_LABELS or hidden_states.shape[0] > FUSED_HEAD_MAX_BATCH:
-        pooled = fused_pooler(hidden_states, weight, bias, activation=activation, backend=chosen)
+        # the pooler as the caller asked for it: under "auto" its own rule (float32 on a GPU
+        # goes to cuBLAS, measured faster than its kernel)
+        pooled = fused_pooler(hidden_states, weight, bias, activation=activation, backend=backend)
         return F.linear(pooled, classifier_weight, classifier_bias)
     # the launcher reads position 0 of each sequence through the strides: no [:, 0] view
     return classifier_head_fwd(

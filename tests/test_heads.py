@@ -517,6 +517,19 @@ def test_second_gpu_while_first_is_current():
     assert_close_rel(out, reference64(h, w1, b1, w2, b2, "tanh", torch.float32), torch.float32)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA auto path needs a GPU")
+def test_unfused_head_takes_the_poolers_auto_rule_for_float32():
+    # above FUSED_HEAD_MAX_BATCH the head is the pooler then F.linear; under "auto" the pooler's
+    # float32 goes to cuBLAS, so the logits are bitwise the torch path's
+    h = randn(head_op.FUSED_HEAD_MAX_BATCH + 3, 4, 64, device="cuda")
+    w1, b1, w2, b2 = (t.to("cuda") for t in params(64, 64, 5, torch.float32))
+    with torch.no_grad():
+        auto = fused_classifier_head(h, w1, b1, w2, b2)
+        torch_path = fused_classifier_head(h, w1, b1, w2, b2, backend="torch")
+    torch.testing.assert_close(auto, torch_path, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "batch", [1, head_op.FUSED_HEAD_MAX_BATCH, head_op.FUSED_HEAD_MAX_BATCH + 1]
 )

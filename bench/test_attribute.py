@@ -47,7 +47,10 @@ def test_a_wrong_line_is_reported_and_fails_the_run(tmp_path, monkeypatch):
     assert all(x["status"] == "ok" for x in lines[1:])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the real run is bench/run_gpu.sh's")
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="checks the refusal on a machine without a GPU; with one, the real run is run_gpu.sh's",
+)
 def test_refuses_a_real_run_without_a_gpu(capsys):
     assert attribute.main(["--out", os.devnull]) == 2
     assert "--dry-run" in capsys.readouterr().err

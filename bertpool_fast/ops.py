@@ -255,7 +255,7 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
         and not _is_compiling()
         and not _needs_grad(hidden_states, weight, b)
         and _on_kernel_device(hidden_states, weight, b)
-        and hidden_states.dtype in (_AUTO_GPU_DTYPES if hidden_states.is_cuda else KERNEL_DTYPES)
+        and hidden_states.dtype in (POOLER_AUTO_GPU_DTYPES if hidden_states.is_cuda else KERNEL_DTYPES)
         and weight.dtype is hidden_states.dtype
         and (b is None or b.dtype is hidden_states.dtype)
         and hidden_states.layout is _STRIDED
@@ -357,7 +357,6 @@ _is_grad_enabled = torch.is_grad_enabled
 _is_autocast_enabled = torch.is_autocast_enabled
 _CUDA_AUTOCAST_KNOWN = "cuda" in AUTOCAST_DEVICE_TYPES
 _CPU_KERNEL = interpreter_enabled() and "cpu" in AUTOCAST_DEVICE_TYPES
-_AUTO_GPU_DTYPES = POOLER_AUTO_GPU_DTYPES
 
 
 def _fused_pooler(hidden_states, weight, bias, activation, backend, batch_invariant):

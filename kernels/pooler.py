@@ -657,22 +657,22 @@ class PoolerPlan:
         if out.data_ptr() & 15:
             return None
         b = weight if bias is None else bias
-        ints = (self.m, self.n, self.k, row_stride, *self.ints_after_row_stride)
+        m, n, k = self.m, self.n, self.k
         if self.tma_blocks is not None:
             if row_stride & 7 or row_stride >= _TMA_MAX_STRIDE:  # 16 bytes, as tma_describable
                 return None
             x_block, w_block = self.tma_blocks
-            m, n, k = self.m, self.n, self.k
             args = (_descriptor(x, [m, k], [row_stride, 1], x_block),
                     _descriptor(weight, [n, k], [self.w_row_stride, 1], w_block),
                     b, out, *self.tma_ints)  # fmt: skip
         elif self.persistent:  # no split-K scratch in its signature
-            args = (x, weight, b, out, *ints)
+            args = (x, weight, b, out, m, n, k, row_stride, *self.ints_after_row_stride)
         elif self.split_k > 1:
             ws, tickets = split_k_scratch(self.device, *self.scratch_sizes)
-            args = (x, weight, b, out, ws, tickets, *ints)
+            args = (x, weight, b, out, ws, tickets, m, n, k, row_stride,
+                    *self.ints_after_row_stride)  # fmt: skip
         else:
-            args = (x, weight, b, out, out, out, *ints)
+            args = (x, weight, b, out, out, out, m, n, k, row_stride, *self.ints_after_row_stride)
         if not self.launch.launch_entry(self.entry, self.index, self.grid, args, self.constexprs):
             return None
         return out

@@ -255,7 +255,8 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
         and not _is_compiling()
         and not _needs_grad(hidden_states, weight, b)
         and _on_kernel_device(hidden_states, weight, b)
-        and hidden_states.dtype in (POOLER_AUTO_GPU_DTYPES if hidden_states.is_cuda else KERNEL_DTYPES)
+        and hidden_states.dtype
+        in (POOLER_AUTO_GPU_DTYPES if hidden_states.is_cuda else KERNEL_DTYPES)
         and weight.dtype is hidden_states.dtype
         and (b is None or b.dtype is hidden_states.dtype)
         and hidden_states.layout is _STRIDED

@@ -254,18 +254,24 @@ class CachedLaunch:
         except Exception:  # noqa: BLE001 - as in __call__: such arguments are never cached
             return None
 
+    def direct_allowed(self) -> bool:
+        """Whether a cached specialization may be launched directly now: the cache is on, no
+        launch or pre-run hooks are set (a profiler's hooks need Triton's launch metadata) and no
+        module global the kernel reads changed since it compiled (Triton refuses such a kernel)."""
+        if not self.enabled or self.hooked():
+            return False
+        for namespace, name, value in self.used_globals:
+            if namespace.get(name, _MISSING) is not value:
+                return False
+        return True
+
     def launch_entry(self, entry: tuple, device: int, grid, args: tuple, constexprs: tuple) -> bool:
         """Launch a cached specialization on ``device`` (the current one) without re-keying: the
         caller vouches that ``args`` specialize as the ones the entry was found with. False, and
         nothing launched, when Triton's own path must run instead (hooks set, a kernel global
         changed, the direct path disabled or just failed)."""
-        # a profiler's hooks need Triton's launch metadata: leave those launches to Triton
-        if not self.enabled or self.hooked():
+        if not self.direct_allowed():
             return False
-        # Triton refuses a kernel whose module globals changed since it compiled; so does this
-        for namespace, name, value in self.used_globals:
-            if namespace.get(name, _MISSING) is not value:
-                return False
         n = len(grid)
         try:
             entry[0](grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,

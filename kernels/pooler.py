@@ -20,6 +20,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import pooler_tables as _pooler_tables
 from .activations import apply_activation
+from .descriptor_launch import EncodedDescriptorLaunch
 from .launch import CachedLaunch
 from .precision import round_to
 from .runtime import device_of, interpreter_enabled
@@ -580,14 +581,15 @@ def plan_pooler_fwd(
     entry = launch.entry_for(index, grid, args, constexprs, config.num_warps, config.num_stages)
     if entry is None or out.data_ptr() & 15:
         return None
-    # a TMA tile's descriptors are remade per call (the rows' address changes; a descriptor kept
-    # for the weight would keep the weight alive): the plan keeps their block shapes
-    tma_blocks = None
+    # a TMA tile's plan keeps the descriptors' block shapes (a descriptor object kept for the
+    # weight would keep the weight alive) and launches with their encoded forms where it can
+    tma_blocks = encoded = None
     if launch is _launch_pooler_fwd_tma:
         tma_blocks = (args[0].block_shape, args[1].block_shape)
+        encoded = EncodedDescriptorLaunch.of(launch, entry, 2)
     split_k = 1 if config.persistent or tma_blocks else grid[2]
     return PoolerPlan(x, weight, bias, activation, launch, entry, grid, constexprs, index,
-                      split_k, config.persistent, tma_blocks)  # fmt: skip
+                      split_k, config.persistent, tma_blocks, encoded)  # fmt: skip
 
 
 class PoolerPlan:
@@ -597,8 +599,10 @@ class PoolerPlan:
     key: every kernel argument must be what the plan was made with, except the rows' address
     (same 16-byte alignment), the row stride (same Triton specialization: its sequence length
     may change) and the output's address. Anything else returns None: call ``pooler_fwd``. A TMA
-    tile's plan builds its two descriptors per call and also needs the row stride a descriptor
-    can hold (a multiple of 16 bytes).
+    tile's plan also needs the row stride a descriptor can hold (a multiple of 16 bytes); it
+    keeps encoded descriptors (``EncodedDescriptorLaunch``) for the last few row addresses: the
+    weight's, valid while the weight passes the checks above, and the rows', valid for the same
+    address and row stride (M, K and dtype are the plan's). Rows elsewhere encode both again.
 
     Holds no tensor: the weight and bias are recognised by address, dtype, shape and strides."""
 
@@ -606,11 +610,11 @@ class PoolerPlan:
         "m", "k", "n", "dtype", "device", "index", "activation", "weight_key", "bias_key",
         "x_col_stride", "x_row_div16", "x_aligned", "launch", "entry", "grid", "constexprs",
         "ints_after_row_stride", "split_k", "persistent", "scratch_sizes", "device_type",
-        "tma_blocks", "w_row_stride", "tma_ints",
+        "tma_blocks", "w_row_stride", "tma_ints", "encoded", "kept_maps",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, activation, launch, entry, grid, constexprs, index,
-                 split_k, persistent, tma_blocks=None):  # fmt: skip
+                 split_k, persistent, tma_blocks=None, encoded=None):  # fmt: skip
         shape, strides = x.shape, x.stride()
         self.m, self.k, self.n = shape[0], shape[-1], weight.shape[0]
         self.dtype, self.device, self.index = x.dtype, x.device, index
@@ -630,6 +634,10 @@ class PoolerPlan:
         self.scratch_sizes = (split_k * self.m * self.n, tiles)
         self.tma_blocks, self.w_row_stride = tma_blocks, w_strides[0]
         self.tma_ints = (self.m, self.n, self.k, 0 if bias is None else bias.stride(0), self.n)
+        self.encoded = encoded
+        # ((rows' address, row stride), both descriptors' expansions), newest first: one tuple,
+        # replaced whole, so a thread never pairs one call's address with another's expansion
+        self.kept_maps: tuple = ()
 
     def run(self, x, weight, bias) -> Optional[torch.Tensor]:
         """The pooler of [M, S, K] ``x`` (plain CUDA tensors the caller vetted), or None."""
@@ -661,6 +669,9 @@ class PoolerPlan:
         if self.tma_blocks is not None:
             if row_stride & 7 or row_stride >= _TMA_MAX_STRIDE:  # 16 bytes, as tma_describable
                 return None
+            encoded = self.encoded
+            if encoded is not None:
+                return self._run_encoded(encoded, x, row_stride, weight, b, out)
             x_block, w_block = self.tma_blocks
             args = (_descriptor(x, [m, k], [row_stride, 1], x_block),
                     _descriptor(weight, [n, k], [self.w_row_stride, 1], w_block),
@@ -676,6 +687,33 @@ class PoolerPlan:
         if not self.launch.launch_entry(self.entry, self.index, self.grid, args, self.constexprs):
             return None
         return out
+
+    def _run_encoded(self, encoded, x, row_stride, weight, b, out) -> Optional[torch.Tensor]:
+        """The TMA launch with kept encoded descriptors when the rows are at an address (and row
+        stride) seen lately, else with fresh ones, kept for the next calls."""
+        key = (x.data_ptr(), row_stride)
+        kept = self.kept_maps
+        for rows, expansions in kept:
+            if rows == key:
+                rest = (b, out, *self.tma_ints, *self.constexprs)
+                return out if encoded.launch(self.index, self.grid, expansions, rest) else None
+        m, n, k = self.m, self.n, self.k
+        x_block, w_block = self.tma_blocks
+        args = (_descriptor(x, [m, k], [row_stride, 1], x_block),
+                _descriptor(weight, [n, k], [self.w_row_stride, 1], w_block),
+                b, out, *self.tma_ints)  # fmt: skip
+        recorded = encoded.record(self.index, self.grid, args, self.constexprs)
+        if recorded is None:
+            return None
+        if recorded:
+            self.kept_maps = ((key, recorded[0] + recorded[1]), *kept[: _KEPT_ROWS - 1])
+        return out
+
+
+# Row addresses whose encoded maps a TMA plan keeps. In a model loop the last hidden states of
+# one call are usually still alive (returned to the caller) while the next call's are made, so
+# consecutive calls alternate between two addresses or more.
+_KEPT_ROWS = 4
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:

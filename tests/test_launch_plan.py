@@ -13,14 +13,16 @@ a GPU test checks the real launch bitwise against the plain path.
 from __future__ import annotations
 
 import gc
+import inspect
 
 import pytest
 import torch
 import triton.language as tl
 from triton import knobs
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from bertpool_fast import ops
-from bertpool_fast.kernels import pooler
+from bertpool_fast.kernels import descriptor_launch, pooler
 from bertpool_fast.kernels.launch import CachedLaunch
 from bertpool_fast.kernels.tiles import TileConfig
 from bertpool_fast.reference import pooler_reference
@@ -244,6 +246,236 @@ def test_a_tma_plan_refuses_rows_a_descriptor_cannot_hold(stand_in, monkeypatch)
     assert stand_in.tma.kernel.compiled.direct + stand_in.tma.kernel.plain == tma_launches
 
 
+class PyCUtensorMap:
+    """Stands in for the encoded map Triton's launcher makes (the type name is what counts)."""
+
+    def __init__(self, desc):
+        self.base, self.block_shape = desc.base, list(desc.block_shape)
+
+
+class TritonShapedLauncher:
+    """A compiled kernel's launcher laid out as Triton's (``CudaLauncher``): ``launch`` is an
+    expanding wrapper whose free variable ``launcher`` is the raw launcher; the wrapper turns each
+    descriptor into (map, sizes, strides), counted in ``encodes``. ``nested``: triton 3.9's form
+    (the kernel's arguments as one list, last), else 3.6's (flat, after 13 base arguments). The
+    raw launcher rebuilds the descriptors from what it is handed and computes the pooler."""
+
+    global_scratch_size = profile_scratch_size = 0
+
+    def __init__(self, nested: bool):
+        self.nested, self.encodes, self.raw_calls, self.streams = nested, 0, 0, []
+        self.fail = self.through_triton = False
+        self.launch = self._wrap(self._raw)
+
+    def _encode(self, a):
+        if not isinstance(a, TensorDescriptor):
+            return [a]
+        self.encodes += 1
+        return [PyCUtensorMap(a), *a.shape, *a.strides]
+
+    def _wrap(self, launcher):
+        encode = self._encode
+        if self.nested:
+
+            def inner(*args):
+                return launcher(*args[:-1], [v for a in args[-1] for v in encode(a)])
+
+        else:
+
+            def inner(*args):
+                return launcher(*args[:13], *[v for a in args[13:] for v in encode(a)])
+
+        return inner
+
+    def __call__(self, gx, gy, gz, stream, function, *args):
+        self.through_triton = True
+        try:
+            if self.nested:
+                meta, rest = args[:4], args[4:]
+                self.launch(gx, gy, gz, stream, function, False, False, *meta, None, None,
+                            "annotations", "signature", rest)  # fmt: skip
+            else:
+                self.launch(gx, gy, gz, stream, function, False, False, None, None, *args)
+        finally:
+            self.through_triton = False
+
+    def _raw(self, *final):
+        if self.fail and not self.through_triton:  # fail: the raw launcher refuses direct calls
+            raise TypeError("object must be of type PyCUtensorMap")
+        self.raw_calls += 1
+        self.streams.append(final[3])
+        args = list(final[-1] if self.nested else final[13:])
+        rebuilt = []
+        while args:
+            a = args.pop(0)
+            if isinstance(a, PyCUtensorMap):  # (map, 2 sizes, 2 strides) back into a descriptor
+                shape, strides = args[:2], args[2:4]
+                del args[:4]
+                a = TensorDescriptor(a.base, shape, strides, a.block_shape)
+            rebuilt.append(a)
+        _compute(tuple(rebuilt))
+
+
+class TritonShapedCompiled:
+    function = 0xF00
+    packed_metadata = ("packed",)
+
+    def __init__(self, nested: bool):
+        self.run = TritonShapedLauncher(nested)
+
+
+@pytest.fixture(params=[False, True], ids=["flat-launcher", "nested-launcher"])
+def tma_stand_in(stand_in, monkeypatch, request):
+    """The stand-in pooler launchers, with the TMA kernel's launcher shaped as Triton's and the
+    table choosing a TMA tile."""
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: TileConfig(
+        64, 64, 64, 4, 3, tma=True))  # fmt: skip
+    monkeypatch.setattr(descriptor_launch, "_failed", False)
+    stand_in.tma.kernel.compiled = TritonShapedCompiled(request.param)
+    return stand_in
+
+
+def _call(stand_in, hidden, weight, bias):
+    out = ops.pooler_inference(hidden, weight, bias, "tanh")
+    torch.testing.assert_close(out, _expected(hidden, weight, bias), rtol=0, atol=0)
+
+
+def test_tma_plans_reuse_encoded_descriptors(tma_stand_in):
+    launcher = tma_stand_in.tma.kernel.compiled.run
+    hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
+    _call(tma_stand_in, hidden, weight, bias)  # Triton's own launch; the plan is made
+    assert tma_stand_in.tma.kernel.plain == 1 and launcher.raw_calls == 0
+    plan = ops._PLANS[id(weight)][1][5]
+    assert plan.encoded is not None
+    _call(tma_stand_in, hidden, weight, bias)  # planned: encodes both, through Triton's wrapper
+    assert (launcher.encodes, launcher.raw_calls) == (2, 1)
+    for _ in range(2):  # the same rows: the kept maps, nothing encoded
+        _call(tma_stand_in, hidden, weight, bias)
+    assert (launcher.encodes, launcher.raw_calls) == (2, 3)
+    tma_stand_in.tma.current_stream = lambda device: 11  # another current stream is passed on
+    _call(tma_stand_in, hidden, weight, bias)
+    assert launcher.streams == [7, 7, 7, 11] and launcher.encodes == 2
+    fresh = randn(*hidden.shape, dtype=hidden.dtype, device="cpu")  # rows elsewhere: encoded anew
+    _call(tma_stand_in, fresh, weight, bias)
+    assert (launcher.encodes, launcher.raw_calls) == (4, 5)
+    longer = randn(5, 5, 200, dtype=hidden.dtype, device="cpu")  # a new row stride, same plan
+    _call(tma_stand_in, longer, weight, bias)
+    _call(tma_stand_in, longer, weight, bias)
+    assert (launcher.encodes, launcher.raw_calls) == (6, 7)
+    for rows in (hidden, fresh, longer, hidden):  # a model loop's alternating buffers: all kept
+        _call(tma_stand_in, rows, weight, bias)
+    assert (launcher.encodes, launcher.raw_calls) == (6, 11)
+    more = [randn(5, 3, 200, dtype=hidden.dtype, device="cpu") for _ in range(2)]
+    for rows in more:  # two new addresses: four are kept, the first kept (hidden) is dropped
+        _call(tma_stand_in, rows, weight, bias)
+    _call(tma_stand_in, fresh, weight, bias)  # still kept
+    assert (launcher.encodes, launcher.raw_calls) == (10, 14)
+    _call(tma_stand_in, hidden, weight, bias)  # dropped: encoded anew
+    assert (launcher.encodes, launcher.raw_calls) == (12, 15)
+    assert tma_stand_in.tma.kernel.plain == 1 and len(tma_stand_in.full_path_calls) == 1
+
+
+def test_kept_maps_follow_the_planned_weight(tma_stand_in):
+    # the weight's map is reused only while the plan's weight checks pass; another weight tensor
+    # (another address) takes the full path and gets its own plan and maps
+    launcher = tma_stand_in.tma.kernel.compiled.run
+    hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
+    for _ in range(3):
+        _call(tma_stand_in, hidden, weight, bias)
+    other = randn(*weight.shape, dtype=weight.dtype, device="cpu", scale=200**-0.5)
+    for _ in range(3):
+        _call(tma_stand_in, hidden, other, bias)
+    # first weight: the full path (the stand-in's compile), a planned call that encodes both,
+    # one that encodes nothing; the other: the full path (the launch cache's direct launch
+    # encodes both), then the same two
+    assert len(tma_stand_in.full_path_calls) == 2 and launcher.encodes == 6
+    weight.data = other.data.clone()  # the same tensor object, new storage: full path again
+    _call(tma_stand_in, hidden, weight, bias)
+    assert len(tma_stand_in.full_path_calls) == 3
+
+
+def test_a_failing_encoded_launch_falls_back_for_good(tma_stand_in):
+    launcher = tma_stand_in.tma.kernel.compiled.run
+    hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
+    _call(tma_stand_in, hidden, weight, bias)
+    _call(tma_stand_in, hidden, weight, bias)
+    launcher.fail = True
+    with pytest.warns(RuntimeWarning, match="encoded tensor descriptors failed"):
+        _call(tma_stand_in, hidden, weight, bias)  # nothing launched: the full path ran it
+    assert len(tma_stand_in.full_path_calls) == 2
+    assert descriptor_launch._failed
+    ops._PLANS.clear()
+    _call(tma_stand_in, hidden, weight, bias)
+    assert ops._PLANS[id(weight)][1][5].encoded is None  # new plans keep the descriptor path
+
+
+def test_a_recording_unlike_triton_s_is_not_reused(tma_stand_in, monkeypatch):
+    # a wrapper that passes descriptors on unencoded (as Triton does for a kernel compiled
+    # without TMA metadata): each planned call launches what Triton's wrapper made, keeps nothing
+    launcher = tma_stand_in.tma.kernel.compiled.run
+    monkeypatch.setattr(launcher, "_encode", lambda a: [a])
+    launcher.launch = launcher._wrap(launcher._raw)
+    hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
+    for _ in range(3):
+        _call(tma_stand_in, hidden, weight, bias)
+    assert launcher.raw_calls == 2 and ops._PLANS[id(weight)][1][5].kept_maps == ()
+
+
+def test_the_installed_triton_s_own_wrapper_is_recorded_and_replayed(monkeypatch):
+    # the installed Triton's expanding wrapper (its code, closure and argument handling), with
+    # only the encoding itself replaced (it needs a GPU driver): recording must find each
+    # descriptor's expansion, and a replay must hand the raw launcher what Triton's wrapper did
+    nvidia = pytest.importorskip("triton.backends.nvidia.driver")
+    monkeypatch.setattr(nvidia, "make_tensordesc_arg", lambda arg, meta, *_: [
+        PyCUtensorMap(arg), *arg.shape, *arg.strides])  # fmt: skip
+    signature = {"x_desc": "tensordesc<fp16[64, 64]>", "w_desc": "tensordesc<fp16[64, 64]>",
+                 "b_ptr": "*fp16", "M": "i32", "ACT": "constexpr"}  # fmt: skip
+    meta = [{"swizzle": 3, "elem_size": 2, "elem_type": 6, "block_size": [64, 64],
+             "fp4_padded": False}] * 2  # fmt: skip
+    raw_calls = []
+    launcher = TritonShapedLauncher(nested=_triton_launcher_is_nested())
+    launcher.launch = nvidia.wrap_handle_tensordesc(lambda *a: raw_calls.append(a), signature, meta)
+    cache = _computing_cache(_stand_in_tma)
+    compiled = TritonShapedCompiled(launcher.nested)
+    compiled.run = launcher
+    entry = (launcher, compiled.function, compiled.packed_metadata, compiled)
+    encoded = descriptor_launch.EncodedDescriptorLaunch.of(cache, entry, 2)
+    assert encoded is not None
+    x = randn(100, 64, dtype=torch.float16, device="cpu")
+    w = randn(80, 64, dtype=torch.float16, device="cpu")
+    b = w[0]
+    args = (TensorDescriptor(x, [100, 64], [64, 1], [64, 64]),
+            TensorDescriptor(w, [80, 64], [64, 1], [64, 64]), b, 100)  # fmt: skip
+    recorded = encoded.record(-1, (2, 2, 1), args, ("tanh",))
+    assert [len(e) for e in recorded] == [5, 5]
+    assert recorded[0][0].base is x and list(recorded[0][1:]) == [100, 64, 64, 1]
+    assert recorded[1][0].base is w and list(recorded[1][1:]) == [80, 64, 64, 1]
+    assert encoded.launch(-1, (2, 2, 1), recorded[0] + recorded[1], (b, 100, "tanh"))
+    assert len(raw_calls) == 2 and _same(raw_calls[0], raw_calls[1])
+
+
+def _triton_launcher_is_nested() -> bool:
+    from triton.backends.nvidia.driver import CudaLauncher
+
+    return "kernel_metadata" in inspect.signature(CudaLauncher.__call__).parameters
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return a is b or (not isinstance(a, torch.Tensor) and a == b)
+
+
+def test_hooks_keep_encoded_launches_to_triton(tma_stand_in, monkeypatch):
+    hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
+    for _ in range(3):
+        _call(tma_stand_in, hidden, weight, bias)
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", lambda *a: None)
+    plain = tma_stand_in.tma.kernel.plain
+    _call(tma_stand_in, hidden, weight, bias)
+    assert tma_stand_in.tma.kernel.plain == plain + 1
+
+
 @pytest.mark.parametrize("what", [name for name, _ in _mutations(*_inputs())])
 def test_a_call_unlike_the_planned_one_takes_the_full_path(stand_in, what):
     hidden, weight, bias = _inputs()
@@ -319,8 +551,8 @@ def test_plans_per_weight_are_bounded(stand_in, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_planned_launches_are_bitwise_the_plain_path(dtype):
     # the table's tiles at M = 1, 64, 3000 (a TMA tile on sm_90 fp16/bf16); sequence lengths that
-    # change the row stride; each output against pooler_fwd with the launch caches off (Triton's
-    # own launch)
+    # change the row stride; each output, and a second call's on the same rows, against
+    # pooler_fwd with the launch caches off (Triton's own launch)
     ops._PLANS.clear()
     h = 768
     weight = randn(h, h, dtype=dtype, scale=h**-0.5)
@@ -329,6 +561,8 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
         for s in (4, 9, 4):
             hidden = randn(m, s, h, dtype=dtype)
             out = ops.pooler_inference(hidden, weight, bias, "tanh")
+            # the same rows again: a TMA plan's kept encoded descriptors
+            again = ops.pooler_inference(hidden, weight, bias, "tanh")
             launchers = (pooler._launch_pooler_fwd, pooler._launch_pooler_fwd_persistent,
                          pooler._launch_pooler_fwd_tma)  # fmt: skip
             for launcher in launchers:
@@ -339,4 +573,8 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
                 for launcher in launchers:
                     launcher.enabled = True
             torch.testing.assert_close(out, plain, rtol=0, atol=0)
-        assert m in ops._PLANS[id(weight)][1], "the plan was never made"
+            torch.testing.assert_close(again, plain, rtol=0, atol=0)
+        plan = ops._PLANS[id(weight)][1].get(m)
+        assert plan is not None, "the plan was never made"
+        if plan.tma_blocks is not None:  # triton 3.6 and 3.9 launchers are of a known shape
+            assert plan.encoded is not None and plan.kept_maps, "maps were never kept"

@@ -857,7 +857,7 @@ _HALF_CANDIDATES = (
     (1, 64, TileConfig(16, 32, 64, 4, 2, split_k=6)),
     (1, 64, TileConfig(16, 16, 256, 4, 3)),
     (1, 64, TileConfig(16, 16, 128, 4, 4)),
-    (1, 64, TileConfig(16, 32, 128, 4, 4)),
+    (1, 256, TileConfig(16, 32, 128, 4, 4)),
     (1, 32, TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True)),
     (1, 32, TileConfig(16, 64, 64, 4, 1, split_k=12, swap_ab=True)),
     (16, 64, TileConfig(32, 64, 64, 4, 3, split_k=4, swap_ab=True)),
@@ -872,6 +872,12 @@ _HALF_CANDIDATES = (
     (64, 1024, TileConfig(64, 32, 128, 4, 4)),
     (64, 1024, TileConfig(64, 32, 256, 4, 3)),
     (64, 512, TileConfig(64, 64, 128, 4, 4)),
+    # after the fourth run: ~96 programs with deep K blocks won at M <= 64 (16x32x128, 4.30 us at
+    # M = 64) and M = 256-512 (64x32x128, 64x64x128), while M = 128's winner ran 48 (64x32x128,
+    # 4.70 us); these give M = 128-1024 about 96-200 programs (mma.sync below 64 rows)
+    (64, 512, TileConfig(32, 32, 128, 4, 4)),
+    (64, 512, TileConfig(32, 32, 256, 4, 3)),
+    (128, 1024, TileConfig(32, 64, 128, 4, 4)),
     (256, 8192, TileConfig(128, 64, 64, 4, 4)),
     (256, 8192, TileConfig(64, 128, 64, 4, 4)),
     (512, 8192, TileConfig(128, 128, 64, 8, 3)),

@@ -672,10 +672,7 @@ class PoolerPlan:
             encoded = self.encoded
             if encoded is not None:
                 return self._run_encoded(encoded, x, row_stride, weight, b, out)
-            x_block, w_block = self.tma_blocks
-            args = (_descriptor(x, [m, k], [row_stride, 1], x_block),
-                    _descriptor(weight, [n, k], [self.w_row_stride, 1], w_block),
-                    b, out, *self.tma_ints)  # fmt: skip
+            args = self._tma_args(x, row_stride, weight, b, out)
         elif self.persistent:  # no split-K scratch in its signature
             args = (x, weight, b, out, m, n, k, row_stride, *self.ints_after_row_stride)
         elif self.split_k > 1:
@@ -688,6 +685,13 @@ class PoolerPlan:
             return None
         return out
 
+    def _tma_args(self, x, row_stride, weight, b, out) -> tuple:
+        """The TMA kernel's runtime arguments: the rows' and the weight's descriptors first."""
+        x_block, w_block = self.tma_blocks
+        return (_descriptor(x, [self.m, self.k], [row_stride, 1], x_block),
+                _descriptor(weight, [self.n, self.k], [self.w_row_stride, 1], w_block),
+                b, out, *self.tma_ints)  # fmt: skip
+
     def _run_encoded(self, encoded, x, row_stride, weight, b, out) -> Optional[torch.Tensor]:
         """The TMA launch with kept encoded descriptors when the rows are at an address (and row
         stride) seen lately, else with fresh ones, kept for the next calls."""
@@ -697,11 +701,7 @@ class PoolerPlan:
             if rows == key:
                 rest = (b, out, *self.tma_ints, *self.constexprs)
                 return out if encoded.launch(self.index, self.grid, expansions, rest) else None
-        m, n, k = self.m, self.n, self.k
-        x_block, w_block = self.tma_blocks
-        args = (_descriptor(x, [m, k], [row_stride, 1], x_block),
-                _descriptor(weight, [n, k], [self.w_row_stride, 1], w_block),
-                b, out, *self.tma_ints)  # fmt: skip
+        args = self._tma_args(x, row_stride, weight, b, out)
         recorded = encoded.record(self.index, self.grid, args, self.constexprs)
         if recorded is None:
             return None

@@ -15,7 +15,7 @@ first runtime arguments are descriptors:
 
 * ``record`` launches as Triton does -- through Triton's own expanding wrapper, rebuilt from its
   code object with a recorder in place of the raw launcher -- then passes the recorded arguments
-  to the raw launcher itself, and returns each descriptor's expansion (map, sizes, strides);
+  to the raw launcher itself, and returns the descriptors' expansions (map, sizes, strides each);
 * ``launch`` launches with expansions the caller kept, straight through the raw launcher.
 
 The caller decides when a kept expansion still describes its tensor: the same base address,
@@ -95,9 +95,9 @@ class EncodedDescriptorLaunch:
         return run
 
     def record(self, device: int, grid, args: tuple, constexprs: tuple) -> Optional[tuple]:
-        """Launch as Triton would and return the descriptors' expansions (one tuple each), or
-        () when they cannot be reused (launched all the same), or None: nothing launched, take
-        Triton's own path."""
+        """Launch as Triton would and return the descriptors' expansions, concatenated in order
+        (what ``launch`` takes), or () when they cannot be reused (launched all the same), or
+        None: nothing launched, take Triton's own path."""
         cache = self.cache
         if _failed or not cache.direct_allowed():
             return None
@@ -121,7 +121,7 @@ class EncodedDescriptorLaunch:
         encoded = width * self.descriptors
         if len(kernel_args) != encoded + len(args) - self.descriptors + len(constexprs):
             return ()
-        return tuple(tuple(kernel_args[i : i + width]) for i in range(0, encoded, width))
+        return tuple(kernel_args[:encoded])
 
     def _expansions(self, final: tuple, head: tuple, rest: tuple) -> tuple:
         """Split the first recorded raw call into the descriptors' expansions and keep its
@@ -147,7 +147,7 @@ class EncodedDescriptorLaunch:
         if any(type(kernel_args[i]).__name__ != _ENCODED_MAP for i in range(0, encoded, width)):
             return ()
         self.base_tail, self.nested, self.width = tuple(base[4:]), nested, width
-        return tuple(tuple(kernel_args[i : i + width]) for i in range(0, encoded, width))
+        return tuple(kernel_args[:encoded])
 
     def launch(self, device: int, grid, encoded: tuple, rest: tuple) -> bool:
         """Launch with ``encoded`` (the descriptors' kept expansions, concatenated in order)

@@ -706,7 +706,7 @@ class PoolerPlan:
         if recorded is None:
             return None
         if recorded:
-            self.kept_maps = ((key, recorded[0] + recorded[1]), *kept[: _KEPT_ROWS - 1])
+            self.kept_maps = ((key, recorded), *kept[: _KEPT_ROWS - 1])
         return out
 
 

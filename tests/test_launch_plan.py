@@ -447,10 +447,10 @@ def test_the_installed_triton_s_own_wrapper_is_recorded_and_replayed(monkeypatch
     args = (TensorDescriptor(x, [100, 64], [64, 1], [64, 64]),
             TensorDescriptor(w, [80, 64], [64, 1], [64, 64]), b, 100)  # fmt: skip
     recorded = encoded.record(-1, (2, 2, 1), args, ("tanh",))
-    assert [len(e) for e in recorded] == [5, 5]
-    assert recorded[0][0].base is x and list(recorded[0][1:]) == [100, 64, 64, 1]
-    assert recorded[1][0].base is w and list(recorded[1][1:]) == [80, 64, 64, 1]
-    assert encoded.launch(-1, (2, 2, 1), recorded[0] + recorded[1], (b, 100, "tanh"))
+    assert len(recorded) == 10  # (map, 2 sizes, 2 strides) per descriptor
+    assert recorded[0].base is x and list(recorded[1:5]) == [100, 64, 64, 1]
+    assert recorded[5].base is w and list(recorded[6:]) == [80, 64, 64, 1]
+    assert encoded.launch(-1, (2, 2, 1), recorded, (b, 100, "tanh"))
     assert len(raw_calls) == 2 and _same(raw_calls[0], raw_calls[1])
 
 

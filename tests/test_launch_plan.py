@@ -48,14 +48,15 @@ def _stand_in_persistent(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, strid
 def _stand_in_tma(x_desc, w_desc, b_ptr, out_ptr, M, N, K, stride_b, stride_om,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                   INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):  # fmt: skip
+                  BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+                  PERSISTENT: tl.constexpr):  # fmt: skip
     pass
 
 
 def _from_descriptors(args: tuple) -> tuple:
     """The TMA kernel's arguments as the plain kernel's: each descriptor's base, row stride and
     column stride, after checking its block shape against the constexprs."""
-    x_desc, w_desc, b, out, m, n, k, sb, som, has_bias, activation, interp, bm, bn, bk, _ws = args
+    x_desc, w_desc, b, out, m, n, k, sb, som, has_bias, activation, interp, bm, bn, bk = args[:15]
     assert list(x_desc.block_shape) == [bm, bk] and list(w_desc.block_shape) == [bn, bk]
     assert list(x_desc.shape) == [m, k] and list(w_desc.shape) == [n, k]
     sxm, sxk = x_desc.strides
@@ -70,7 +71,7 @@ def _compute(args: tuple) -> None:
     scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides."""
     if len(args) == 20:  # the persistent signature: 13 runtime arguments, 7 constexprs
         args = (*args[:4], None, None, *args[4:])
-    if len(args) == 16:  # the TMA signature: 9 runtime arguments, 7 constexprs
+    if len(args) == 17:  # the TMA signature: 9 runtime arguments, 8 constexprs
         args = _from_descriptors(args)
     x, w, b, out, ws, tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
     has_bias, activation = args[15], args[16]
@@ -209,8 +210,9 @@ def _mutations(hidden, weight, bias):
         TileConfig(64, 64, 64, 4, 4, persistent=True),
         TileConfig(64, 64, 64, 4, 3, tma=True),
         TileConfig(64, 64, 64, 4, 3, tma=True, warp_specialize=True),
+        TileConfig(64, 64, 64, 4, 3, tma=True, persistent=True),
     ],
-    ids=["split-k", "swap-ab", "persistent", "tma", "tma-ws"],
+    ids=["split-k", "swap-ab", "persistent", "tma", "tma-ws", "tma-persistent"],
 )
 def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     # the table's tile decides the launch's arguments: split-K scratch, the persistent kernel's
@@ -220,7 +222,7 @@ def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
     kernel = stand_in.kernel
     if config.persistent or config.tma:
-        kernel = stand_in.persistent.kernel if config.persistent else stand_in.tma.kernel
+        kernel = stand_in.tma.kernel if config.tma else stand_in.persistent.kernel
     _, planned = _run(stand_in, hidden, weight, bias)
     assert not planned and kernel.plain == 1
     for s in (3, 5):
@@ -229,6 +231,12 @@ def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
         out = ops.pooler_inference(hidden, weight, bias, "tanh")
         assert kernel.compiled.direct == before + 1 and len(stand_in.full_path_calls) == 1
         torch.testing.assert_close(out, _expected(hidden, weight, bias), rtol=0, atol=0)
+    plan = ops._PLANS[id(weight)][1][5]
+    tiles = -(-88 // config.block_n) * -(-5 // config.block_m)
+    if config.persistent:  # a 1-D grid: a program per SM (the interpreter's few), at most per tile
+        assert plan.grid == (min(tiles, pooler.INTERPRETER_PROGRAMS),)
+    else:
+        assert plan.grid[0] * plan.grid[1] == tiles
 
 
 def test_a_tma_plan_refuses_rows_a_descriptor_cannot_hold(stand_in, monkeypatch):

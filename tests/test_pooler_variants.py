@@ -209,15 +209,22 @@ def test_batch_invariant_ignores_the_architecture():
             assert pick_config(m, torch.float16, True, arch) == pick_config(m, torch.float16, True)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_persistent_result_does_not_depend_on_the_grid_interpreter(dtype, monkeypatch):
-    # The persistent kernel's grid is the device's SM count; each tile is the plain kernel's, so
+@pytest.mark.parametrize(
+    "dtype,tma",
+    [(d, False) for d in DTYPES] + [(torch.float16, True), (torch.bfloat16, True)],
+    ids=DTYPE_IDS + ["fp16-tma", "bf16-tma"],
+)
+def test_persistent_result_does_not_depend_on_the_grid_interpreter(dtype, tma, monkeypatch):
+    # The persistent kernels' grid is the device's SM count; each tile is the plain kernel's, so
     # any program count gives the plain kernel's bits. Small tiles (18 of them, tails in M, N and
-    # K) make every program walk several tiles.
+    # K) make every program walk several tiles. The TMA kernel's persistent loop must also launch
+    # as TMA (rows 800 bytes apart, K = 200: describable).
     hidden, weight, bias = make_inputs(37, 2, 200, 88, dtype)
-    cfg = TileConfig(16, 32, 32, 4, 2, persistent=True)
+    cfg = TileConfig(16, 32, 32, 4, 2, persistent=True, tma=tma)
     plain = run_checked(hidden, weight, bias, cfg._replace(persistent=False))
     assert_close_rel(plain, reference64(hidden, weight, bias), dtype)
+    tma_launch = LaunchSpy(pooler_module._launch_pooler_fwd_tma)
+    monkeypatch.setattr(pooler_module, "_launch_pooler_fwd_tma", tma_launch)
     try:
         for programs in (1, 4, 7, 64):
             monkeypatch.setattr(pooler_module, "INTERPRETER_PROGRAMS", programs)
@@ -226,6 +233,8 @@ def test_persistent_result_does_not_depend_on_the_grid_interpreter(dtype, monkey
             assert torch.equal(out, plain), f"{programs} programs"
     finally:
         pooler_module.persistent_programs.cache_clear()  # no count cached past the patch
+    describable = not HAS_CUDA or pooler_module.has_tma(hidden.device)  # the interpreter, sm_90+
+    assert tma_launch.calls == (8 if tma and describable else 0)  # 4 grids, run_checked's 2 each
 
 
 def test_config_override_is_validated():
@@ -420,7 +429,7 @@ def test_tma_describable(monkeypatch):
 
 def test_tma_config_is_validated_and_labelled():
     hidden, weight, bias = make_inputs(2, 1, 32, 16, torch.float16)
-    for bad in (dict(split_k=2), dict(swap_ab=True), dict(persistent=True)):
+    for bad in (dict(split_k=2), dict(swap_ab=True)):
         with pytest.raises(ValueError, match="config.tma takes neither"):
             pooler_fwd(
                 hidden, weight, bias, "tanh", config=TileConfig(64, 64, 64, 4, 3, tma=True, **bad)
@@ -430,6 +439,11 @@ def test_tma_config_is_validated_and_labelled():
     with pytest.raises(ValueError, match="warp_specialize needs config.tma"):
         pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(64, 64, 64, 4, 3,
                                                                    warp_specialize=True))  # fmt: skip
+    with pytest.raises(ValueError, match="warp_specialize needs config.tma, not persistent"):
+        pooler_fwd(hidden, weight, bias, "tanh", config=TileConfig(
+            64, 64, 64, 4, 3, persistent=True, tma=True, warp_specialize=True))  # fmt: skip
+    assert (config_label(TileConfig(128, 128, 64, 8, 3, persistent=True, tma=True))
+            == "128x128x64 w8 s3 persistent tma")  # fmt: skip
     assert config_label(TileConfig(128, 128, 64, 8, 3, tma=True)) == "128x128x64 w8 s3 tma"
     assert (
         config_label(TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True))

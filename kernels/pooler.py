@@ -904,6 +904,10 @@ _HALF_CANDIDATES = (
     (64, 512, TileConfig(32, 32, 128, 4, 4)),
     (64, 512, TileConfig(32, 32, 256, 4, 3)),
     (128, 1024, TileConfig(32, 64, 128, 4, 4)),
+    # the same program counts with wgmma on sm_90: swapped, 64 weight rows fill the MMA's M side
+    # and 16 or 32 batch rows its N side (96 or 48 programs at M = 128)
+    (64, 512, TileConfig(16, 64, 128, 4, 4, swap_ab=True)),
+    (64, 512, TileConfig(32, 64, 128, 4, 4, swap_ab=True)),
     (256, 8192, TileConfig(128, 64, 64, 4, 4)),
     (256, 8192, TileConfig(64, 128, 64, 4, 4)),
     (512, 8192, TileConfig(128, 128, 64, 8, 3)),

@@ -338,9 +338,10 @@ def test_per_call_interleaved(request, bench_results, dtype_name, batch):
 def test_tma_launch_cost(request, bench_results, batch):
     """What a TMA tile's host-side descriptors cost per call: the same 64x128x64 tile launched
     through descriptors and through pointers, unplanned (``pooler_fwd`` with the config) and
-    planned (``PoolerPlan.run``: the same rows reuse the kept encoded descriptors; rows
-    alternating between two buffers encode them every call), fp16, timed interleaved. At B = 64
-    the launches are host-bound, so the differences are the descriptors' host cost."""
+    planned (``PoolerPlan.run``: the same rows, and rows alternating between two buffers, reuse
+    the kept encoded descriptors; rows at a new address each call encode them), fp16, timed
+    interleaved. At B = 64 the launches are host-bound, so the differences are the descriptors'
+    host cost."""
     from bertpool_fast.kernels import pooler
     from bertpool_fast.kernels.tiles import TileConfig
 
@@ -376,14 +377,22 @@ def test_tma_launch_cost(request, bench_results, batch):
                 pooler.pick_config = real_pick
             assert plans[name] is not None and plans[name].run(h, w, b) is not None, name
         assert plans["tma"].tma_blocks is not None and plans["pointers"].tma_blocks is None
-        # the TMA plan keeps the last rows' encoded map: rows alternating between two buffers
-        # miss it on every call and encode both descriptors again
+        # the TMA plan keeps the encoded maps of the last few row addresses: rows alternating
+        # between two buffers reuse them; rows at one more address than it keeps, in turn, are
+        # encoded on every call (views of one buffer, rows apart: the same layout and alignment)
         h2 = h.clone()
+        spread = torch.randn(batch + pooler._KEPT_ROWS, SEQ, hidden, device=device).half()
+        views = [spread[j : j + batch] for j in range(pooler._KEPT_ROWS + 1)]
+        turn = iter(range(1 << 62))
+        tma_plan = plans["tma"]
         contestants = {
             f"{name}, planned": (lambda i, p=p: p.run(h, w, b)) for name, p in plans.items()
         }
-        contestants["tma, planned, rows alternating"] = lambda i, p=plans["tma"]: p.run(
+        contestants["tma, planned, rows alternating"] = lambda i: tma_plan.run(
             h2 if i % 2 else h, w, b
+        )
+        contestants["tma, planned, rows at a new address"] = lambda i: tma_plan.run(
+            views[next(turn) % len(views)], w, b
         )
         for name, times in _interleaved(contestants).items():
             figures[name] = statistics.median(times)

@@ -557,11 +557,11 @@ def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: t
     # cdiv written out (-(-a // b)): three calls fewer per launch
     grid_n, grid_m = -(-n // config.block_n), -(-m // config.block_m)
     x_strides, w_strides = x.stride(), weight.stride()
-    # what a descriptor cannot describe runs this tile through the pointer kernel below
     if config.persistent:  # one program per SM (at most one per tile), a 1-D grid
         tiles = (min(grid_n * grid_m, persistent_programs(device)),)
     else:
         tiles = (grid_n, grid_m)
+    # what a descriptor cannot describe runs this tile through the pointer kernel below
     if config.tma and tma_describable(x, weight, x_strides, w_strides, dtype, device, k):
         return _tma_launch_args(x, weight, bias, activation, out, config, tiles, x_strides[0],
                                 w_strides[0])  # fmt: skip

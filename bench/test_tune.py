@@ -6,12 +6,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import time
+from typing import Optional
 
 import pytest
 import torch
 
 from bench import tune
 from bertpool_fast.kernels import pooler_tables
+from bertpool_fast.kernels.pooler import config_label
 from bertpool_fast.kernels.tiles import TileConfig
 
 
@@ -144,3 +147,38 @@ def test_a_tma_winner_round_trips_through_the_table_module(tmp_path):
     path.write_text(tune.render_module(tables, pooler_tables.PROVENANCE, tune.TABLE_HEADER))
     assert "T(128, 128, 64, 8, 3, tma=True)" in path.read_text()
     assert _load(str(path)).TABLES["sm90"]["fp16"] == table
+
+
+def _warm_or_hang(job: tuple) -> Optional[str]:
+    # a stand-in warm-up launch for precompile's workers: job (name, config, hidden, M)
+    if job[0] == "hangs":
+        time.sleep(3600)
+    return "fails: as told" if job[0] == "fails" else None
+
+
+def test_a_warm_up_launch_that_never_returns_is_left_out():
+    # the sweep runs in one process and cannot recover from a launch that never returns, so
+    # precompile gives such a config up at its deadline (killing its worker) and the sweep leaves
+    # it out; a failed warm-up only costs its compile time later
+    jobs = [("hangs", (64, 64, 64, 4, 3), 768, 8192), ("fails", (16, 16, 64, 4, 3), 768, 64),
+            ("fine", (16, 16, 64, 4, 3), 768, 64)]  # fmt: skip
+    start = time.monotonic()
+    unfinished = tune.precompile(jobs, workers=2, deadline_s=12.0, warm=_warm_or_hang)
+    assert unfinished == {jobs[0]}
+    assert time.monotonic() - start < 60, "the hung worker was not killed at the deadline"
+
+
+def test_the_sweep_rejects_unfinished_configs_unrun(tmp_path, monkeypatch):
+    ran = []
+    real = tune.check
+    monkeypatch.setattr(
+        tune, "check", lambda call, inputs, d: ran.append(d) or real(call, inputs, d)
+    )
+    cfg = tune.candidates_at(3, torch.float16, True)[0]
+    buckets = tune.sweep(["fp16"], [3], 128, 3, True, tune.harness.Budget(100.0), "default",
+                         frozenset({("fp16", tuple(cfg))}))  # fmt: skip
+    (bucket,) = buckets
+    status = {m.label: m.status for m in bucket.measurements}
+    assert status[config_label(cfg)].startswith("REJECTED: its warm-up launch did not return")
+    assert bucket.winner != config_label(cfg)
+    assert len(ran) == len(bucket.measurements) - 1  # every other contestant was checked

@@ -17,9 +17,12 @@ bucket; the table of this GPU's architecture ("sm90" on an H100) is rewritten, t
 ``--out DIR`` receives tune.json (every timing), tune.md (the summary) and a copy of the table.
 
 Compiling is most of the cost (~1-2 s per config and dtype): ``--compile-jobs`` worker processes
-compile every candidate first (each runs one tiny launch, which fills Triton's on-disk cache, so
-this process then loads instead of compiling). ``--budget-s`` bounds the run: with less than
-``RESERVE_S`` of it left, each remaining M measures only eager and the table's current pick.
+compile every candidate first (each runs one launch at the largest M it is swept at, which fills
+Triton's on-disk cache, so this process then loads instead of compiling). A config whose launch
+has not returned by ``PRECOMPILE_DEADLINE_S`` is given up (its worker killed) and rejected unrun:
+a launch that never returns in this process would end the whole run. ``--budget-s`` bounds the
+run: with less than ``RESERVE_S`` of it left, each remaining M measures only eager and the
+table's current pick.
 
 ``--dry-run`` runs the same code path on a CPU through Triton's interpreter: three candidates, tiny
 sizes, wall-clock "timings" that mean nothing, and the table written under ``--out`` only.
@@ -49,6 +52,9 @@ DRY_RUN = {"batches": (1, 8, 33), "hidden": 128, "seq": 3}
 # Seconds of --budget-s kept for what follows the candidates: the remaining M's eager and
 # current-table timings (~1 s each) and writing the results, so a run ends inside its budget.
 RESERVE_S = 20.0
+# Seconds the parallel compile may take before a config whose one launch has not returned is
+# given up as hung (80 configs over 8 workers compiled in 15.5 s on the H100 host).
+PRECOMPILE_DEADLINE_S = 75.0
 
 
 @dataclass
@@ -126,16 +132,18 @@ def candidates_at(m: int, dtype: torch.dtype, dry_run: bool, arch: str = "defaul
 
 
 def _warm_one(job: tuple[str, tuple, int, int]) -> Optional[str]:
-    # In a worker process: one tiny launch of a config, which compiles it into Triton's on-disk
-    # cache with the specialization the sweep's calls will have (16-aligned, strided rows).
-    dtype_name, cfg_fields, hidden, seq = job
+    # In a worker process: one launch of a config at the largest M it is swept at, which compiles
+    # it into Triton's on-disk cache (M is not specialized; rows 16-aligned, H apart: divisible by
+    # 16, as the sweep's S * H) and runs it once with several tiles per program where the grid is
+    # persistent: a launch that never returns shows here, where it can be given up.
+    dtype_name, cfg_fields, hidden, m = job
     try:
         from bertpool_fast.kernels.pooler import pooler_fwd
         from bertpool_fast.kernels.tiles import TileConfig
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = harness.DTYPES_BY_NAME[dtype_name]
-        inputs = Inputs(2, hidden, seq, dtype, device, 1)
+        inputs = Inputs(m, hidden, 1, dtype, device, 1)
         pooler_fwd(*inputs.sets[0], "tanh", config=TileConfig(*cfg_fields))
         harness.sync()
         return None
@@ -143,31 +151,56 @@ def _warm_one(job: tuple[str, tuple, int, int]) -> Optional[str]:
         return f"{dtype_name} {cfg_fields}: {type(exc).__name__}: {exc}"
 
 
-def precompile(jobs: list[tuple[str, tuple, int, int]], workers: int) -> None:
-    """Compile every (dtype, config) in parallel worker processes; failures only cost time."""
+def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one) -> set:
+    """Compile every job (dtype, config fields, hidden, M) in parallel worker processes, each by
+    one launch (``warm``); failures only cost time. Returns the jobs whose launch had not
+    returned ``deadline_s`` after the start (their workers are killed): the sweep, which runs in
+    this process and could not recover from a launch that never ends, leaves them out."""
     if workers <= 0 or not jobs:
-        return
+        return set()
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     start = time.monotonic()
+    failures, unfinished = [], set()
     try:
         # spawn: a forked child must not inherit this process's CUDA context
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
-            failures = [f for f in pool.map(_warm_one, jobs) if f]
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
     except Exception as exc:  # noqa: BLE001 - the sweep compiles whatever was not cached
         print(f"precompile: worker pool failed ({type(exc).__name__}: {exc}); compiling inline",
               file=sys.stderr)  # fmt: skip
-        return
+        return set()
+    try:
+        pending = [(job, pool.apply_async(warm, (job,))) for job in jobs]
+        for job, result in pending:
+            try:
+                failure = result.get(timeout=max(0.0, start + deadline_s - time.monotonic()))
+            except multiprocessing.TimeoutError:
+                unfinished.add(job)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a worker that died: compiled inline later
+                failure = f"{job[:2]}: {type(exc).__name__}: {exc}"
+            if failure:
+                failures.append(failure)
+    finally:
+        if unfinished:
+            pool.terminate()  # the workers of launches that never returned
+        else:
+            pool.close()
+        pool.join()
     for f in failures:
         print(f"precompile: {f}", file=sys.stderr)
+    for job in sorted(unfinished):
+        print(f"precompile: {job[0]} {job[1]} at M={job[3]} did not finish in {deadline_s:.0f} s;"
+              " left out of the sweep", file=sys.stderr)  # fmt: skip
     print(f"precompiled {len(jobs)} configs in {time.monotonic() - start:.1f} s "
-          f"({workers} workers, {len(failures)} failed)")  # fmt: skip
+          f"({workers} workers, {len(failures)} failed, {len(unfinished)} unfinished)")  # fmt: skip
+    return unfinished
 
 
 def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budget: harness.Budget,
-          arch: str) -> list[BucketResult]:  # fmt: skip
+          arch: str, unfinished: frozenset = frozenset()) -> list[BucketResult]:  # fmt: skip
+    """``unfinished``: (dtype name, config fields) whose warm-up launch never returned (rejected
+    unrun)."""
     import torch.nn.functional as F
 
     from bertpool_fast.kernels.pooler import config_label, pick_config, pooler_fwd
@@ -197,6 +230,11 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
                 for cfg, source in configs:
                     meas = Measurement(config_label(cfg), cfg._asdict(), source)
                     bucket.measurements.append(meas)
+                    if (dtype_name, tuple(cfg)) in unfinished:
+                        meas.status = "REJECTED: its warm-up launch did not return (a hang?)"
+                        print(f"!! {dtype_name} M={m} {meas.label}: {meas.status}",
+                              file=sys.stderr)  # fmt: skip
+                        continue
                     if source == "candidate" and budget.left() <= RESERVE_S:
                         # the table's current pick and eager are still timed at every M
                         meas.status = "skipped: budget"
@@ -403,8 +441,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
 
     workers = args.compile_jobs if args.compile_jobs is not None else (0 if args.dry_run else 8)
+    unfinished = set()
     if workers:
-        jobs = set()
+        largest_m: dict = {}  # (dtype name, config fields) -> the largest M it is swept at
         for d in dtypes:
             dtype = harness.DTYPES_BY_NAME[d]
             for m in batches:
@@ -412,11 +451,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                     pick_config(m, dtype, False, arch),
                     *candidates_at(m, dtype, args.dry_run, arch),
                 ]:
-                    jobs.add((d, tuple(cfg), hidden, seq))
-        precompile(sorted(jobs), workers)
+                    key = (d, tuple(cfg))
+                    largest_m[key] = max(m, largest_m.get(key, 0))
+        jobs = sorted((d, cfg, hidden, m) for (d, cfg), m in largest_m.items())
+        deadline_s = min(PRECOMPILE_DEADLINE_S, args.budget_s / 2)
+        unfinished = {job[:2] for job in precompile(jobs, workers, deadline_s)}
 
     start = time.monotonic()
-    buckets = sweep(dtypes, batches, hidden, seq, args.dry_run, budget, arch)
+    buckets = sweep(dtypes, batches, hidden, seq, args.dry_run, budget, arch, frozenset(unfinished))
     tables, provenance = new_tables(buckets, arch, env, hidden, seq)
     source = render_module(tables, provenance, TABLE_HEADER)
     compile(source, "pooler_tables.py", "exec")  # a table that does not parse is never written

@@ -123,9 +123,22 @@ def _computing_cache(fn=_stand_in) -> CachedLaunch:
     return cache
 
 
+def _poisoned_empty(real_empty):
+    """torch.empty whose floating-point tensors start as NaN: an output a launch did not write
+    (or wrote through a stale pointer) can never equal the expected values."""
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    return empty
+
+
 @pytest.fixture
 def stand_in(monkeypatch):
-    """pooler's launchers replaced by enabled caches around ComputingKernel, CPU tensors."""
+    """pooler's launchers replaced by enabled caches around ComputingKernel, CPU tensors; fresh
+    floating-point outputs NaN-filled."""
+    monkeypatch.setattr(torch, "empty", _poisoned_empty(torch.empty))
     cache = _computing_cache()
     monkeypatch.setattr(pooler, "_launch_pooler_fwd", cache)
     cache.persistent = _computing_cache(_stand_in_persistent)

@@ -34,26 +34,26 @@ import types
 import warnings
 from typing import Optional
 
-from .launch import CachedLaunch
+from .launch import CachedLaunch, grid_and_stream
 
 _ENCODED_MAP = "PyCUtensorMap"  # the encoded descriptor's Python type in triton 3.6 and 3.9
 _failed = False  # set for good by a launch that raised
 
 
 class EncodedDescriptorLaunch:
-    __slots__ = ("cache", "entry", "run", "wrapper", "raw", "descriptors", "base_tail", "nested",
-                 "width", "recorded", "recording_run")  # fmt: skip
+    __slots__ = ("cache", "entry", "raw", "descriptors", "base_tail", "nested", "width", "recorded",
+                 "recording_run")  # fmt: skip
 
     def __init__(self, cache: CachedLaunch, entry: tuple, run, inner, raw, descriptors: int):
-        self.cache, self.entry, self.run = cache, entry, run
-        self.wrapper = inner  # Triton's expanding wrapper around the raw launcher
+        """``run``: Triton's launcher object; ``inner``: its expanding wrapper around ``raw``."""
+        self.cache, self.entry = cache, entry
         self.raw = raw
         self.descriptors = descriptors
         self.base_tail: Optional[tuple] = None  # the raw arguments after (grid, stream): per entry
         self.nested = False
         self.width = 0  # the raw arguments one descriptor expands to
         self.recorded = threading.local()
-        self.recording_run = self._recording_run()
+        self.recording_run = self._recording_run(run, inner)
 
     @classmethod
     def of(
@@ -76,10 +76,10 @@ class EncodedDescriptorLaunch:
         raw = closure[code.co_freevars.index("launcher")].cell_contents
         return cls(cache, entry, run, inner, raw, descriptors)
 
-    def _recording_run(self):
+    def _recording_run(self, run, inner):
         """A copy of Triton's launcher object whose expanding wrapper, instead of launching,
         leaves the raw launcher's arguments in ``self.recorded.final`` (per thread)."""
-        inner, recorded = self.wrapper, self.recorded
+        recorded = self.recorded
 
         def record(*final):
             recorded.final = final
@@ -90,7 +90,7 @@ class EncodedDescriptorLaunch:
         )
         wrapper = types.FunctionType(inner.__code__, inner.__globals__, inner.__name__,
                                      inner.__defaults__, cells)  # fmt: skip
-        run = copy.copy(self.run)
+        run = copy.copy(run)
         run.launch = wrapper
         return run
 
@@ -101,9 +101,7 @@ class EncodedDescriptorLaunch:
         cache = self.cache
         if _failed or not cache.direct_allowed():
             return None
-        n = len(grid)
-        head = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
-                cache.current_stream(device))  # fmt: skip
+        head = grid_and_stream(grid, cache.current_stream(device))
         try:
             self.recording_run(*head, self.entry[1], self.entry[2], None, None, None,
                                *args, *constexprs)  # fmt: skip
@@ -156,9 +154,7 @@ class EncodedDescriptorLaunch:
         tail = self.base_tail
         if tail is None or _failed or not self.cache.direct_allowed():
             return False
-        n = len(grid)
-        head = (grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
-                self.cache.current_stream(device))  # fmt: skip
+        head = grid_and_stream(grid, self.cache.current_stream(device))
         try:
             if self.nested:
                 self.raw(*head, *tail, [*encoded, *rest])

@@ -115,6 +115,12 @@ def _make_key(num_args: int, num_constexprs: int) -> Callable:
     return namespace["key"]
 
 
+def grid_and_stream(grid, stream: int) -> tuple:
+    """(gridX, gridY, gridZ, stream): the first four arguments of Triton's compiled launcher."""
+    n = len(grid)
+    return grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, stream
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the grid. ``triton.cdiv`` is a ``constexpr_function`` whose host call
     unwraps its arguments through lists and dicts: measured ~13 us per call on a loaded CPU."""
@@ -272,11 +278,9 @@ class CachedLaunch:
         changed, the direct path disabled or just failed)."""
         if not self.direct_allowed():
             return False
-        n = len(grid)
         try:
-            entry[0](grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1,
-                     self.current_stream(device), entry[1], entry[2], None, None, None,
-                     *args, *constexprs)  # fmt: skip
+            entry[0](*grid_and_stream(grid, self.current_stream(device)), entry[1], entry[2],
+                     None, None, None, *args, *constexprs)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - any failure of the direct path means "use Triton's"
             self._disable(err)
             return False

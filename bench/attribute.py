@@ -4,6 +4,7 @@ From M = 2048 up the fused kernel has been slower than cuBLAS ``F.linear`` follo
 tanh. Each line below removes one suspect, so one run splits the gap between them:
 
   fused, shipped           the table's tile: bias, tanh, first-token rows S * H apart (as in BERT)
+  fused, fp32-accurate tanh the same tile with tanh_f32: what tanh_to_half saves on fp16/bf16
   fused, identity          the same tile without tanh: what the tanh epilogue costs
   fused, identity, no bias the same tile as a plain GEMM: what remains is the main loop
   fused, contiguous rows   the shipped tile on rows H apart: what the strided rows cost
@@ -102,6 +103,8 @@ def lines_for(m: int, dtype: torch.dtype, arch: str, sets: Sets) -> list[tuple]:
     out = [
         ("fused, shipped", label, fused(cfg, "tanh", True, sets.rows), lambda i: ref(i),
          gemm_bytes + bias_bytes, gemm_flops),
+        ("fused, fp32-accurate tanh", label, fused(cfg, "tanh_f32", True, sets.rows),
+         lambda i: ref(i), gemm_bytes + bias_bytes, gemm_flops),
         ("fused, identity", label, fused(cfg, "identity", True, sets.rows),
          lambda i: ref(i, act=False), gemm_bytes + bias_bytes, gemm_flops),
         ("fused, identity, no bias", label, fused(cfg, "identity", False, sets.rows),

@@ -195,22 +195,24 @@ def pooled_tile(
         x_ptr, w_ptr, o_m, o_n, m_m, m_n, 0, K, stride_xm, stride_xk, stride_wn, stride_wk,
         DOT_PRECISION, INTERPRETED_BF16, False, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
-    return bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False)
+    return bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
+                               x_ptr.dtype.element_ty)  # fmt: skip
 
 
 @triton.jit
 def bias_and_activation(
     acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-    SWAP_AB: tl.constexpr,
+    SWAP_AB: tl.constexpr, ROUNDED_TO: tl.constexpr,
 ):  # fmt: skip
-    """act(acc + b[o_n]) on the fp32 accumulator; N runs along acc's rows under SWAP_AB."""
+    """act(acc + b[o_n]) on the fp32 accumulator; N runs along acc's rows under SWAP_AB; the
+    result is next rounded to ROUNDED_TO, which sets how precise the activation must be."""
     if HAS_BIAS:
         b = tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)
         if SWAP_AB:
             acc += b[:, None]
         else:
             acc += b[None, :]
-    return apply_activation(acc, ACTIVATION)
+    return apply_activation(acc, ACTIVATION, ROUNDED_TO)
 
 
 @triton.jit
@@ -279,7 +281,8 @@ def pooler_fwd_kernel(
         o_ws = o_m[:, None] * N + o_n[None, :]
         m_out = m_m[:, None] & m_n[None, :]
     if SPLIT_K == 1:
-        acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB)
+        acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB,
+                                  out_ptr.dtype.element_ty)  # fmt: skip
         # under the interpreter with bf16 its store truncates: round_to rounds to nearest first
         tl.store(out_ptr + o_out, round_to(acc, out_ptr.dtype.element_ty, INTERPRETED_BF16),
                  mask=m_out)  # fmt: skip
@@ -301,7 +304,15 @@ def pooler_fwd_kernel(
                 total += tl.load(ws_ptr + s * slice_mn + o_ws, mask=m_out, other=0.0,
                                  cache_modifier=".cg")  # fmt: skip
             total = bias_and_activation(
-                total, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, SWAP_AB
+                total,
+                b_ptr,
+                o_n,
+                m_n,
+                stride_b,
+                HAS_BIAS,
+                ACTIVATION,
+                SWAP_AB,
+                out_ptr.dtype.element_ty,
             )
             tl.store(out_ptr + o_out, round_to(total, out_ptr.dtype.element_ty, INTERPRETED_BF16),
                      mask=m_out)  # fmt: skip
@@ -386,7 +397,8 @@ def tma_output_tile(
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_m = o_m < M
     m_n = o_n < N
-    acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False)
+    acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
+                              out_ptr.dtype.element_ty)  # fmt: skip
     store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
 
 
@@ -628,7 +640,8 @@ class PoolerPlan:
     tile's plan also needs the row stride a descriptor can hold (a multiple of 16 bytes); it
     keeps encoded descriptors (``EncodedDescriptorLaunch``) for the last few row addresses: the
     weight's, valid while the weight passes the checks above, and the rows', valid for the same
-    address and row stride (M, K and dtype are the plan's). Rows elsewhere encode both again.
+    address and row stride (M, K and dtype are the plan's). Rows elsewhere encode both again,
+    through Triton's own launch the first time they are seen, recorded and kept the second.
 
     Holds no tensor: the weight and bias are recognised by address, dtype, shape and strides."""
 
@@ -636,7 +649,7 @@ class PoolerPlan:
         "m", "k", "n", "dtype", "device", "index", "activation", "weight_key", "bias_key",
         "x_col_stride", "x_row_div16", "x_aligned", "launch", "entry", "grid", "constexprs",
         "ints_after_row_stride", "split_k", "persistent", "scratch_sizes", "device_type",
-        "tma_blocks", "w_row_stride", "tma_ints", "encoded", "kept_maps",
+        "tma_blocks", "w_row_stride", "tma_ints", "encoded", "kept_maps", "seen_rows",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, activation, launch, entry, grid, constexprs, index,
@@ -664,6 +677,9 @@ class PoolerPlan:
         # ((rows' address, row stride), both descriptors' expansions), newest first: one tuple,
         # replaced whole, so a thread never pairs one call's address with another's expansion
         self.kept_maps: tuple = ()
+        # (address, row stride) of rows seen once lately, newest first: the second sighting
+        # records; the plan's own rows count as seen
+        self.seen_rows: tuple = ((x.data_ptr(), strides[0]),)
 
     def run(self, x, weight, bias) -> Optional[torch.Tensor]:
         """The pooler of [M, S, K] ``x`` (plain CUDA tensors the caller vetted), or None."""
@@ -720,7 +736,9 @@ class PoolerPlan:
 
     def _run_encoded(self, encoded, x, row_stride, weight, b, out) -> Optional[torch.Tensor]:
         """The TMA launch with kept encoded descriptors when the rows are at an address (and row
-        stride) seen lately, else with fresh ones, kept for the next calls."""
+        stride) kept lately; else with fresh ones, recorded and kept when the rows were seen once
+        before, launched through Triton (no recording) when not: rows at a new address on every
+        call (a new buffer each time) then cost what they cost without kept maps."""
         key = (x.data_ptr(), row_stride)
         kept = self.kept_maps
         for rows, expansions in kept:
@@ -728,6 +746,13 @@ class PoolerPlan:
                 rest = (b, out, *self.tma_ints, *self.constexprs)
                 return out if encoded.launch(self.index, self.grid, expansions, rest) else None
         args = self._tma_args(x, row_stride, weight, b, out)
+        seen = self.seen_rows
+        if key not in seen:
+            self.seen_rows = (key, *seen[: _KEPT_ROWS - 1])
+            if not self.launch.launch_entry(self.entry, self.index, self.grid, args,
+                                            self.constexprs):  # fmt: skip
+                return None
+            return out
         recorded = encoded.record(self.index, self.grid, args, self.constexprs)
         if recorded is None:
             return None
@@ -736,9 +761,9 @@ class PoolerPlan:
         return out
 
 
-# Row addresses whose encoded maps a TMA plan keeps. In a model loop the last hidden states of
-# one call are usually still alive (returned to the caller) while the next call's are made, so
-# consecutive calls alternate between two addresses or more.
+# Row addresses whose encoded maps a TMA plan keeps (and that it remembers as seen once). In a
+# model loop the last hidden states of one call are usually still alive (returned to the caller)
+# while the next call's are made, so consecutive calls alternate between two addresses or more.
 _KEPT_ROWS = 4
 
 

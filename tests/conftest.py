@@ -4,6 +4,7 @@ On a machine without CUDA the Triton kernels run through Triton's CPU interprete
 switched on before triton is imported - hence at the top of this file, before any import of it.
 """
 
+import math
 import os
 import zlib
 
@@ -69,10 +70,20 @@ SUBNORMAL_HALF_SPACING = {
 # grow through it. GELU's derivative peaks at 1.1289 (x ~ 1.4); tanh, relu and identity have 1.
 ACTIVATION_LIPSCHITZ = {"tanh": 1.0, "relu": 1.0, "identity": 1.0, "gelu": 1.13, "gelu_tanh": 1.13}
 # The kernels evaluate the activation in fp32, so the evaluation adds at most this relative error
-# before the final rounding. tanh_f32 (kernels/activations.py): at most ~6.3 ulps where its
-# exponential form starts (2 ulps of exp2 times 1.9, 2 of the division, 0.5 of 1 + t), less above,
-# ~2 in its series; GELU's erf (libdevice erff, 2 ulps documented) and tanh scaled by its factors.
-ACTIVATION_EVAL_RTOL = 8 * 2.0**-24
+# before the final rounding, by the dtype rounded to. fp32: tanh_f32 (kernels/activations.py) at
+# most ~6.3 ulps where its exponential form starts (2 ulps of exp2 times 1.9, 2 of the division,
+# 0.5 of 1 + t), less above, ~2 in its series; GELU's erf (libdevice erff, 2 ulps documented) and
+# tanh scaled by its factors: 8 ulps. fp16 / bf16: tanh_to_half, whose error is absolute, below
+# 2^-20, where its exponential form runs (|x| >= 1/8), so relative below 2^-20 / tanh(1/8);
+# 1/60 of fp16's unit roundoff (the other activations are as accurate as for fp32).
+TANH_TO_HALF_ABS = 2.0**-20
+TANH_TO_HALF_SWITCH = 0.125
+ACTIVATION_EVAL_RTOL = {
+    torch.float32: 8 * 2.0**-24,
+    torch.float16: TANH_TO_HALF_ABS / math.tanh(TANH_TO_HALF_SWITCH),
+    torch.bfloat16: TANH_TO_HALF_ABS / math.tanh(TANH_TO_HALF_SWITCH),
+    torch.float64: 8 * 2.0**-24,
+}
 
 
 def gemm_error_bound(x, weight, bias=None, activation="identity", operand_unit=0.0) -> torch.Tensor:
@@ -140,7 +151,7 @@ def assert_close_rel(
     e = expected.detach().double().cpu()
     if bound is not None:
         atol = bound.double().cpu() * (1 + u) + SUBNORMAL_HALF_SPACING[dtype]
-        rtol = (u + ACTIVATION_EVAL_RTOL) * scale
+        rtol = (u + ACTIVATION_EVAL_RTOL[dtype]) * scale
         how = "derived per element"
     else:
         finite = e[torch.isfinite(e)]

@@ -1,5 +1,7 @@
 """Parity of the fused pooler kernel against a float64 reference, over shapes, dtypes and layouts."""
 
+import math
+
 import pytest
 import torch
 
@@ -155,10 +157,9 @@ def test_tanh_saturates_exactly(dtype):
 @pytest.mark.parametrize("value", [1e-3, -1e-3, 0.03, -0.05, 0.0625, 0.2, 0.2499, 0.25, -0.2501,
                                    0.4, -3.0])  # fmt: skip
 def test_tanh_accuracy_near_zero(value):
-    # The kernel switches from a Taylor series to the exponential form at |x| = 1/4; both sides
-    # of the switch must be within the activation's own error (ACTIVATION_EVAL_RTOL: at most
-    # 1.9 * 2 ulps from exp2 plus 2.5 from the division and 1 + t, kernels/activations.py) and the
-    # output's rounding.
+    # An fp32 result: tanh_f32 switches from a Taylor series to the exponential form at |x| = 1/4;
+    # both sides of the switch must be within the activation's own error (ACTIVATION_EVAL_RTOL,
+    # kernels/activations.py) and the output's rounding.
     from conftest import ACTIVATION_EVAL_RTOL
 
     hidden = torch.full((1, 1, 16), 1.0, device=KERNEL_DEVICE)
@@ -166,36 +167,75 @@ def test_tanh_accuracy_near_zero(value):
     weight[:, 0] = value
     out = bertpool_fast.fused_pooler(hidden, weight, None, backend="triton")
     expected = torch.tanh(torch.tensor(value, dtype=torch.float64))
-    bound = (ACTIVATION_EVAL_RTOL + 2.0**-24) * abs(expected.item())
+    bound = (ACTIVATION_EVAL_RTOL[torch.float32] + 2.0**-24) * abs(expected.item())
     assert abs(out[0, 0].item() - expected.item()) <= bound
 
 
-def test_tanh_epilogue_over_its_whole_range():
-    # The epilogue on its own, every element checked: fp32 rows through an identity weight, so the
-    # dot is exact (x * 1 plus zeros, IEEE fp32) and each output is tanh of one input. Magnitudes
-    # 1e-6 .. 20 of both signs, dense around the series/exponential switch at 1/16. On a GPU this
-    # is the compiled epilogue (libdevice exp2 and fast division); the interpreter has numpy's.
-    # Bound: the activation's own error (ACTIVATION_EVAL_RTOL) plus the output's rounding.
-    from conftest import ACTIVATION_EVAL_RTOL
-
-    n = 1 << 18 if KERNEL_DEVICE != "cpu" else 1 << 13
-    mags = torch.cat([torch.logspace(-6, 1.3, n // 2, dtype=torch.float64),
-                      torch.linspace(0.05, 0.08, n // 2, dtype=torch.float64)])  # fmt: skip
-    x = torch.cat([mags, -mags]).float()
+def _tanh_through_identity(x: torch.Tensor) -> torch.Tensor:
+    """The pooler's tanh epilogue on each element of x alone: rows of x through an identity
+    weight, so the dot is exact (x * 1 plus zeros, IEEE fp32) and output i is tanh(x[i])."""
     h = 16
     hidden = x.view(-1, 1, h).to(KERNEL_DEVICE)
-    eye = torch.eye(h, device=KERNEL_DEVICE)
+    eye = torch.eye(h, device=KERNEL_DEVICE, dtype=x.dtype)
     prev = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # IEEE fp32 dots: x * 1 is exact
+    torch.set_float32_matmul_precision("highest")  # IEEE fp32 dots for an fp32 x
     try:
-        out = bertpool_fast.fused_pooler(hidden, eye, None, backend="triton")
+        return bertpool_fast.fused_pooler(hidden, eye, None, backend="triton").flatten().cpu()
     finally:
         torch.set_float32_matmul_precision(prev)
-    expected = torch.tanh(x.double()).view(-1, h)
-    err = (out.double().cpu() - expected).abs() / expected.abs()
+
+
+def _both_signs_dense_at(switch: float, n: int) -> torch.Tensor:
+    """Magnitudes 1e-6 .. 20 of both signs, half of them within 20% of ``switch``, in float64."""
+    mags = torch.cat([torch.logspace(-6, 1.3, n // 2, dtype=torch.float64),
+                      torch.linspace(0.8 * switch, 1.2 * switch, n // 2, dtype=torch.float64)])  # fmt: skip
+    return torch.cat([mags, -mags])
+
+
+def test_tanh_epilogue_over_its_whole_range():
+    # An fp32 result (tanh_f32), every element checked against the activation's own error
+    # (ACTIVATION_EVAL_RTOL) plus the output's rounding, dense around the series/exponential
+    # switch at 1/4. On a GPU this is the compiled epilogue (libdevice exp2 and fast division);
+    # the interpreter has numpy's.
+    from conftest import ACTIVATION_EVAL_RTOL
+
+    x = _both_signs_dense_at(0.25, 1 << 18 if KERNEL_DEVICE != "cpu" else 1 << 13).float()
+    out = _tanh_through_identity(x).double()
+    expected = torch.tanh(x.double())
+    err = (out - expected).abs() / expected.abs()
     worst = int(err.argmax())
-    assert err.max() <= ACTIVATION_EVAL_RTOL + 2.0**-24, (
+    assert err.max() <= ACTIVATION_EVAL_RTOL[torch.float32] + 2.0**-24, (
         f"tanh({x[worst].item():.9g}) off by {err.max().item() / 2.0**-24:.1f} fp32 ulps"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_tanh_to_half_rounds_like_exact_tanh(dtype):
+    # A result rounded to fp16 / bf16 takes tanh_to_half, whose own error is below
+    # TANH_TO_HALF_ABS (absolute) from the switch at 1/8 up, and fp32-level below it. Sharper than
+    # a bound of u |y|: each output must be the exact tanh correctly rounded, except where the
+    # exact value lies within the activation's own error of the midpoint between two
+    # representable neighbours - there either neighbour is right. Every element is checked.
+    from conftest import TANH_TO_HALF_ABS, TANH_TO_HALF_SWITCH
+
+    x = _both_signs_dense_at(TANH_TO_HALF_SWITCH, 1 << 18 if KERNEL_DEVICE != "cpu" else 1 << 13)
+    x = x.to(dtype)  # inputs exact in the dtype, so x * 1 is exact in fp32
+    out = _tanh_through_identity(x).double()
+    exact = torch.tanh(x.double())
+    nearest = exact.to(dtype).double()
+    own_error = torch.where(
+        exact.abs() >= math.tanh(TANH_TO_HALF_SWITCH),
+        torch.full_like(exact, TANH_TO_HALF_ABS),
+        8 * 2.0**-24 * exact.abs(),  # the series: a few fp32 ulps
+    )
+    # where the output is not the nearest value, exact must lie within own_error of the midpoint
+    # between the two (which also makes them neighbours: own_error is far below half a spacing)
+    distance_to_midpoint = (exact - (out + nearest) / 2).abs()
+    bad = (out != nearest) & (distance_to_midpoint > own_error)
+    assert not torch.isnan(out).any()
+    assert not bad.any(), (
+        f"{int(bad.sum())} outputs are not a correct rounding of tanh; first: tanh("
+        f"{x[bad.nonzero()[0, 0]].item()!r}) = {out[bad][0].item()!r}, nearest {nearest[bad][0].item()!r}"
     )
 
 

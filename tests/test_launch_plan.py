@@ -285,6 +285,7 @@ class TritonShapedLauncher:
 
     def __init__(self, nested: bool):
         self.nested, self.encodes, self.raw_calls, self.streams = nested, 0, 0, []
+        self.direct_calls = 0  # raw launches not made by the wrapper (kept or recorded maps)
         self.fail = self.through_triton = False
         self.launch = self._wrap(self._raw)
 
@@ -324,6 +325,7 @@ class TritonShapedLauncher:
         if self.fail and not self.through_triton:  # fail: the raw launcher refuses direct calls
             raise TypeError("object must be of type PyCUtensorMap")
         self.raw_calls += 1
+        self.direct_calls += not self.through_triton
         self.streams.append(final[3])
         args = list(final[-1] if self.nested else final[13:])
         rebuilt = []
@@ -361,39 +363,66 @@ def _call(stand_in, hidden, weight, bias):
     torch.testing.assert_close(out, _expected(hidden, weight, bias), rtol=0, atol=0)
 
 
+def _launched(stand_in, rows, weight, bias) -> str:
+    """Call the pooler on rows; say how its TMA launch went: "full" (the full path), "triton"
+    (Triton's wrapper encoded the descriptors and launched), "recorded" (encoded through the
+    wrapper, launched directly), "kept" (nothing encoded: kept maps launched directly)."""
+    launcher = stand_in.tma.kernel.compiled.run
+    before = (
+        stand_in.tma.kernel.plain,
+        launcher.encodes,
+        launcher.raw_calls,
+        launcher.direct_calls,
+    )
+    _call(stand_in, rows, weight, bias)
+    plain, encodes, raw, direct = (
+        after - b
+        for after, b in zip(
+            (
+                stand_in.tma.kernel.plain,
+                launcher.encodes,
+                launcher.raw_calls,
+                launcher.direct_calls,
+            ),
+            before,
+        )
+    )
+    kinds = {(1, 0, 0, 0): "full", (0, 2, 1, 0): "triton", (0, 2, 1, 1): "recorded",
+             (0, 0, 1, 1): "kept"}  # fmt: skip
+    return kinds.get((plain, encodes, raw, direct), f"unexpected {(plain, encodes, raw, direct)}")
+
+
 def test_tma_plans_reuse_encoded_descriptors(tma_stand_in):
     launcher = tma_stand_in.tma.kernel.compiled.run
     hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
-    _call(tma_stand_in, hidden, weight, bias)  # Triton's own launch; the plan is made
-    assert tma_stand_in.tma.kernel.plain == 1 and launcher.raw_calls == 0
-    plan = ops._PLANS[id(weight)][1][5]
-    assert plan.encoded is not None
-    _call(tma_stand_in, hidden, weight, bias)  # planned: encodes both, through Triton's wrapper
-    assert (launcher.encodes, launcher.raw_calls) == (2, 1)
-    for _ in range(2):  # the same rows: the kept maps, nothing encoded
-        _call(tma_stand_in, hidden, weight, bias)
-    assert (launcher.encodes, launcher.raw_calls) == (2, 3)
+
+    def calls(*rows):
+        return [_launched(tma_stand_in, r, weight, bias) for r in rows]
+
+    # the plan is made on the full path and counts its rows as seen: the next call records
+    assert calls(hidden, hidden, hidden) == ["full", "recorded", "kept"]
+    assert ops._PLANS[id(weight)][1][5].encoded is not None
     tma_stand_in.tma.current_stream = lambda device: 11  # another current stream is passed on
-    _call(tma_stand_in, hidden, weight, bias)
-    assert launcher.streams == [7, 7, 7, 11] and launcher.encodes == 2
-    fresh = randn(*hidden.shape, dtype=hidden.dtype, device="cpu")  # rows elsewhere: encoded anew
-    _call(tma_stand_in, fresh, weight, bias)
-    assert (launcher.encodes, launcher.raw_calls) == (4, 5)
-    longer = randn(5, 5, 200, dtype=hidden.dtype, device="cpu")  # a new row stride, same plan
-    _call(tma_stand_in, longer, weight, bias)
-    _call(tma_stand_in, longer, weight, bias)
-    assert (launcher.encodes, launcher.raw_calls) == (6, 7)
-    for rows in (hidden, fresh, longer, hidden):  # a model loop's alternating buffers: all kept
-        _call(tma_stand_in, rows, weight, bias)
-    assert (launcher.encodes, launcher.raw_calls) == (6, 11)
+    assert calls(hidden) == ["kept"] and launcher.streams[-3:] == [7, 7, 11]
+    # rows at a new address, or with a new row stride (same plan): Triton's launch when seen
+    # first, so rows that are new on every call never pay for recording; recorded when seen again
+    fresh = randn(*hidden.shape, dtype=hidden.dtype, device="cpu")
+    longer = randn(5, 5, 200, dtype=hidden.dtype, device="cpu")
+    assert calls(fresh, fresh, longer, longer) == ["triton", "recorded", "triton", "recorded"]
+    # a model loop's alternating buffers: all kept
+    assert calls(hidden, fresh, longer, hidden) == ["kept"] * 4
+    # two more kept addresses: four are kept, the first kept (hidden) is dropped
     more = [randn(5, 3, 200, dtype=hidden.dtype, device="cpu") for _ in range(2)]
-    for rows in more:  # two new addresses: four are kept, the first kept (hidden) is dropped
-        _call(tma_stand_in, rows, weight, bias)
-    _call(tma_stand_in, fresh, weight, bias)  # still kept
-    assert (launcher.encodes, launcher.raw_calls) == (10, 14)
-    _call(tma_stand_in, hidden, weight, bias)  # dropped: encoded anew
-    assert (launcher.encodes, launcher.raw_calls) == (12, 15)
-    assert tma_stand_in.tma.kernel.plain == 1 and len(tma_stand_in.full_path_calls) == 1
+    assert calls(more[0], more[0], more[1], more[1]) == ["triton", "recorded"] * 2
+    assert calls(fresh, longer, *more) == ["kept"] * 4
+    # hidden was dropped from the kept maps, and from the rows seen once long ago
+    assert calls(hidden, hidden, hidden) == ["triton", "recorded", "kept"]
+    # new rows on every call: Triton's launch each time, never recorded, nothing kept for them
+    assert (
+        calls(*[randn(5, 3, 200, dtype=hidden.dtype, device="cpu") for _ in range(5)])
+        == ["triton"] * 5
+    )
+    assert len(tma_stand_in.full_path_calls) == 1
 
 
 def test_kept_maps_follow_the_planned_weight(tma_stand_in):
@@ -572,7 +601,7 @@ def test_plans_per_weight_are_bounded(stand_in, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_planned_launches_are_bitwise_the_plain_path(dtype):
     # the table's tiles at M = 1, 64, 3000 (a TMA tile on sm_90 fp16/bf16); sequence lengths that
-    # change the row stride; each output, and a second call's on the same rows, against
+    # change the row stride; each output, and the next two calls' on the same rows, against
     # pooler_fwd with the launch caches off (Triton's own launch)
     ops._PLANS.clear()
     h = 768
@@ -581,9 +610,9 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
     for m in (1, 64, 3000):
         for s in (4, 9, 4):
             hidden = randn(m, s, h, dtype=dtype)
-            out = ops.pooler_inference(hidden, weight, bias, "tanh")
-            # the same rows again: a TMA plan's kept encoded descriptors
-            again = ops.pooler_inference(hidden, weight, bias, "tanh")
+            # the same rows three times: a TMA plan's Triton launch (or the full path), its
+            # recording of the encoded descriptors, then the kept ones
+            outs = [ops.pooler_inference(hidden, weight, bias, "tanh") for _ in range(3)]
             launchers = (pooler._launch_pooler_fwd, pooler._launch_pooler_fwd_persistent,
                          pooler._launch_pooler_fwd_tma)  # fmt: skip
             for launcher in launchers:
@@ -593,8 +622,8 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
             finally:
                 for launcher in launchers:
                     launcher.enabled = True
-            torch.testing.assert_close(out, plain, rtol=0, atol=0)
-            torch.testing.assert_close(again, plain, rtol=0, atol=0)
+            for out in outs:
+                torch.testing.assert_close(out, plain, rtol=0, atol=0)
         plan = ops._PLANS[id(weight)][1].get(m)
         assert plan is not None, "the plan was never made"
         if plan.tma_blocks is not None:  # triton 3.6 and 3.9 launchers are of a known shape

@@ -100,9 +100,9 @@ say "installing this checkout (non-editable)"
 "$PY" -c "import bertpool_fast.kernels" || { echo "error: the installed package does not import" >&2; exit 1; }
 
 # Compiling ~200 tile specializations dominates the GPU checks: pytest-xdist (on the GPU image)
-# spreads them over the CPU cores; without it they run serially.
+# spreads them over XDIST_WORKERS processes (default 8); without it they run serially.
 XDIST=()
-if "$PY" -c "import xdist" 2>/dev/null && [ "$DRY_RUN" != 1 ]; then XDIST=(-n 8); fi
+if "$PY" -c "import xdist" 2>/dev/null && [ "$DRY_RUN" != 1 ]; then XDIST=(-n "${XDIST_WORKERS:-8}"); fi
 say "GPU correctness: tile sweep and GPU-marked tests ${XDIST[*]}"
 timeout $(( 200 * SLOW )) "$PY" -m pytest -m gpu tests -q -rxX -p no:cacheprovider --maxfail=30 "${XDIST[@]}" 2>&1 | tee "$RESULTS/gpu_tests.log" | tail -n 60
 TESTS_RC=${PIPESTATUS[0]}

@@ -5,6 +5,8 @@ tanh. Each line below removes one suspect, so one run splits the gap between the
 
   fused, shipped           the table's tile: bias, tanh, first-token rows S * H apart (as in BERT)
   fused, fp32-accurate tanh the same tile with tanh_f32: what tanh_to_half saves on fp16/bf16
+  fused, tanh.approx       the SFU's one-instruction tanh (~2^-11 relative error, not shipped):
+                           what the epilogue could still gain, and its error in the rel err column
   fused, identity          the same tile without tanh: what the tanh epilogue costs
   fused, identity, no bias the same tile as a plain GEMM: what remains is the main loop
   fused, contiguous rows   the shipped tile on rows H apart: what the strided rows cost
@@ -104,6 +106,8 @@ def lines_for(m: int, dtype: torch.dtype, arch: str, sets: Sets) -> list[tuple]:
         ("fused, shipped", label, fused(cfg, "tanh", True, sets.rows), lambda i: ref(i),
          gemm_bytes + bias_bytes, gemm_flops),
         ("fused, fp32-accurate tanh", label, fused(cfg, "tanh_f32", True, sets.rows),
+         lambda i: ref(i), gemm_bytes + bias_bytes, gemm_flops),
+        ("fused, tanh.approx", label, fused(cfg, "tanh_mufu", True, sets.rows),
          lambda i: ref(i), gemm_bytes + bias_bytes, gemm_flops),
         ("fused, identity", label, fused(cfg, "identity", True, sets.rows),
          lambda i: ref(i, act=False), gemm_bytes + bias_bytes, gemm_flops),

@@ -70,6 +70,20 @@ def tanh_to_half(x):
 
 
 @triton.jit
+def tanh_mufu(x):
+    # The special-function unit's own tanh (PTX tanh.approx.f32, sm_75 and later): one MUFU
+    # instruction per element where the forms above take two, but a relative error of about 2^-11
+    # (PTX ISA), as large as fp16's unit roundoff, so no table ships it: bench.attribute times it
+    # to show what the epilogue could still gain. The interpreter has no PTX: tanh_f32 there.
+    if _LIBDEVICE:
+        x = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)  # fmt: skip
+    else:
+        x = tanh_f32(x)
+    return x
+
+
+@triton.jit
 def apply_activation(x, ACTIVATION: tl.constexpr, ROUNDED_TO: tl.constexpr):
     """act(x) on an fp32 block whose result is next rounded to ROUNDED_TO (a tl.dtype)."""
     if ACTIVATION == "tanh":
@@ -80,6 +94,8 @@ def apply_activation(x, ACTIVATION: tl.constexpr, ROUNDED_TO: tl.constexpr):
     elif ACTIVATION == "tanh_f32":
         # tanh_f32 whatever the result's dtype: bench.attribute times what tanh_to_half saves
         x = tanh_f32(x)
+    elif ACTIVATION == "tanh_mufu":
+        x = tanh_mufu(x)  # bench.attribute only (accuracy: see tanh_mufu)
     elif ACTIVATION == "gelu":
         # exact GELU, as nn.GELU() and ACT2FN["gelu"]
         x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))

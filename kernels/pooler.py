@@ -303,17 +303,8 @@ def pooler_fwd_kernel(
                 # .cg: read at L2, where the other programs' stores are, never a stale L1 line
                 total += tl.load(ws_ptr + s * slice_mn + o_ws, mask=m_out, other=0.0,
                                  cache_modifier=".cg")  # fmt: skip
-            total = bias_and_activation(
-                total,
-                b_ptr,
-                o_n,
-                m_n,
-                stride_b,
-                HAS_BIAS,
-                ACTIVATION,
-                SWAP_AB,
-                out_ptr.dtype.element_ty,
-            )
+            total = bias_and_activation(total, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION,
+                                        SWAP_AB, out_ptr.dtype.element_ty)  # fmt: skip
             tl.store(out_ptr + o_out, round_to(total, out_ptr.dtype.element_ty, INTERPRETED_BF16),
                      mask=m_out)  # fmt: skip
             # re-arm the counter for the next launch (and the next CUDA-graph replay)

@@ -182,3 +182,27 @@ def test_the_sweep_rejects_unfinished_configs_unrun(tmp_path, monkeypatch):
     assert status[config_label(cfg)].startswith("REJECTED: its warm-up launch did not return")
     assert bucket.winner != config_label(cfg)
     assert len(ran) == len(bucket.measurements) - 1  # every other contestant was checked
+
+
+@pytest.mark.parametrize("arch", ["sm90", "default"])
+def test_the_fastest_tile_is_timed_again_with_pdl_where_the_gpu_has_it(arch):
+    # programmatic dependent launch is a launch option: on an sm_90 table the sweep times its
+    # fastest tile once more with it (the interpreter runs it as the plain launch); tables of
+    # GPUs without it never get it
+    (bucket,) = tune.sweep(["fp16"], [3], 128, 3, True, tune.harness.Budget(100.0), arch)
+    with_pdl = [m for m in bucket.measurements if m.config and m.config["pdl"]]
+    if arch == "default":
+        assert not with_pdl
+        return
+    (meas,) = with_pdl
+    assert meas.source == "fastest, with pdl" and meas.status == "ok" and meas.label.endswith("pdl")
+    timed = [m for m in bucket.measurements if m.config and not m.config["pdl"] and m.median_us]
+    fastest = min(timed, key=lambda m: m.median_us)
+    assert TileConfig(**meas.config) == TileConfig(**fastest.config)._replace(pdl=True)
+    assert bucket.winner in (meas.label, fastest.label)
+
+
+def test_a_pdl_winner_round_trips_through_the_table_module():
+    cfg = TileConfig(64, 32, 128, 4, 4, tma=True, pdl=True)
+    assert tune.render_config(cfg) == "T(64, 32, 128, 4, 4, tma=True, pdl=True)"
+    assert eval(tune.render_config(cfg), {"T": TileConfig}) == cfg  # noqa: S307

@@ -106,6 +106,14 @@ def _jit_function(kernel):
     return kernel
 
 
+def compile_options(case) -> dict:
+    """Triton's compile options for a case, as its launch sets them."""
+    options = {"num_warps": case.num_warps, "num_stages": case.num_stages}
+    if case.launch_pdl:  # only when set: every other case compiles as it always has
+        options["launch_pdl"] = True
+    return options
+
+
 def _ast_source(case):
     from triton.compiler import ASTSource
 
@@ -210,7 +218,7 @@ def compile_case(case, arch: str) -> InspectResult:
         compiled = triton.compile(
             _ast_source(case),
             target=GPUTarget("cuda", capability, 32),
-            options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+            options=compile_options(case),
         )
         # Triton caches the compile; the readings are cached beside it under the same kernel hash
         # (source, options, target and Triton version), so a second run costs no ptxas call.

@@ -23,6 +23,7 @@ class KernelCase:
     constexprs: dict[str, Any]  # every tl.constexpr argument -> its value
     num_warps: int
     num_stages: int
+    launch_pdl: bool = False  # Triton's option for programmatic dependent launch
     dtype: torch.dtype = torch.float16
     # True where the case must use tensor cores (mma / wgmma): fp16/bf16 GEMM tiles
     expects_tensor_cores: bool = False

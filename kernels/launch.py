@@ -21,7 +21,8 @@ kernel never runs with arguments it was not compiled for (``triton/runtime/jit.p
   holds; the compiled launcher (``CudaLauncher`` -> ``wrap_handle_tensordesc``) expands the object
   into the TMA descriptor, sizes and strides on every launch, so the object itself is passed on;
 * the constexpr values (with their types: ``True`` and ``1`` hash alike but compile apart),
-  num_warps, num_stages, and the current CUDA device.
+  num_warps, num_stages, launch_pdl (a compile option: the launcher reads it from the compiled
+  kernel's metadata), and the current CUDA device.
 
 Anything else (an argument of another kind, launch hooks set by a profiler, pre-run hooks, a changed
 module global that the kernel reads, a triton whose launcher signature is not one this file knows,
@@ -93,7 +94,7 @@ _INLINE_SPEC = (
 
 
 def _make_key(num_args: int, num_constexprs: int) -> Callable:
-    """``key(device, num_warps, num_stages, constexprs, args)`` for one kernel's arity.
+    """``key(device, num_warps, num_stages, launch_pdl, constexprs, args)`` for one kernel's arity.
 
     Generated once per kernel, as Triton generates its binder: a loop calling ``_spec`` per
     argument costs a function call each. The constexprs' classes are in the key because ``True``
@@ -105,10 +106,10 @@ def _make_key(num_args: int, num_constexprs: int) -> Callable:
     specs = "".join(_INLINE_SPEC.format(a=a) + ", " for a in names)
     classes = "".join(f"{c}.__class__, " for c in consts)
     src = (
-        "def key(device, num_warps, num_stages, constexprs, args):\n"
+        "def key(device, num_warps, num_stages, launch_pdl, constexprs, args):\n"
         f"    ({''.join(n + ', ' for n in names)}) = args\n"
         f"    ({''.join(c + ', ' for c in consts)}) = constexprs\n"
-        f"    return (device, num_warps, num_stages, constexprs, {classes}{specs})\n"
+        f"    return (device, num_warps, num_stages, launch_pdl, constexprs, {classes}{specs})\n"
     )
     namespace = {"Tensor": torch.Tensor, "spec": _spec}
     exec(src, namespace)  # noqa: S102 - source built above from argument counts only
@@ -197,7 +198,9 @@ class CachedLaunch:
     Call as ``launch(grid, args, constexprs, num_warps, num_stages)``: ``args`` are the kernel's
     runtime arguments and ``constexprs`` its constexpr values, each in signature order (the
     kernel must list its constexprs last). Both are tuples the caller builds anyway; nothing is
-    allocated per call beyond the key tuple.
+    allocated per call beyond the key tuple. ``launch_pdl=True``: compiled for, and launched
+    with, programmatic dependent launch (Triton's option; the kernel must wait with
+    ``gdc_wait`` before it touches memory).
     """
 
     def __init__(self, kernel, enabled: Optional[bool] = None):
@@ -220,25 +223,30 @@ class CachedLaunch:
         self.used_globals: tuple = ()
         _ALL_CACHES.append(self)
 
-    def plain(self, grid, args: tuple, constexprs: tuple, num_warps: int, num_stages: int):
+    def plain(self, grid, args: tuple, constexprs: tuple, num_warps: int, num_stages: int,
+              launch_pdl: bool = False):  # fmt: skip
         """Triton's own launch; returns what ``JITFunction.run`` returns (the compiled kernel)."""
-        return self.kernel[grid](*args, *constexprs, num_warps=num_warps, num_stages=num_stages)
+        # the option only when set: a launch without it compiles as it always has
+        options = {"launch_pdl": True} if launch_pdl else {}
+        return self.kernel[grid](*args, *constexprs, num_warps=num_warps, num_stages=num_stages,
+                                 **options)  # fmt: skip
 
-    def __call__(self, grid, args: tuple, constexprs: tuple, num_warps: int, num_stages: int):
+    def __call__(self, grid, args: tuple, constexprs: tuple, num_warps: int, num_stages: int,
+                 launch_pdl: bool = False):  # fmt: skip
         if not self.enabled:
-            return self.plain(grid, args, constexprs, num_warps, num_stages)
+            return self.plain(grid, args, constexprs, num_warps, num_stages, launch_pdl)
         device = self.current_device()
         try:
-            key = self.key(device, num_warps, num_stages, constexprs, args)
+            key = self.key(device, num_warps, num_stages, launch_pdl, constexprs, args)
         except Exception:  # noqa: BLE001 - wrong arity, unknown kind, a tensor without storage
-            return self.plain(grid, args, constexprs, num_warps, num_stages)
+            return self.plain(grid, args, constexprs, num_warps, num_stages, launch_pdl)
         entry = self.entries.get(key)
         if entry is None:
             if self.hooked():
-                return self.plain(grid, args, constexprs, num_warps, num_stages)
-            return self._miss(key, grid, args, constexprs, num_warps, num_stages)
+                return self.plain(grid, args, constexprs, num_warps, num_stages, launch_pdl)
+            return self._miss(key, grid, args, constexprs, num_warps, num_stages, launch_pdl)
         if not self.launch_entry(entry, device, grid, args, constexprs):
-            return self.plain(grid, args, constexprs, num_warps, num_stages)
+            return self.plain(grid, args, constexprs, num_warps, num_stages, launch_pdl)
         return None
 
     def hooked(self) -> bool:
@@ -251,12 +259,13 @@ class CachedLaunch:
         )
 
     def entry_for(self, device: int, grid, args: tuple, constexprs: tuple, num_warps: int,
-                  num_stages: int) -> Optional[tuple]:  # fmt: skip
+                  num_stages: int, launch_pdl: bool = False) -> Optional[tuple]:  # fmt: skip
         """The cached specialization these arguments hit, or None (not cached, cache off)."""
         if not self.enabled:
             return None
         try:
-            return self.entries.get(self.key(device, num_warps, num_stages, constexprs, args))
+            key = self.key(device, num_warps, num_stages, launch_pdl, constexprs, args)
+            return self.entries.get(key)
         except Exception:  # noqa: BLE001 - as in __call__: such arguments are never cached
             return None
 
@@ -286,8 +295,8 @@ class CachedLaunch:
             return False
         return True
 
-    def _miss(self, key, grid, args, constexprs, num_warps, num_stages):
-        compiled = self.plain(grid, args, constexprs, num_warps, num_stages)
+    def _miss(self, key, grid, args, constexprs, num_warps, num_stages, launch_pdl):
+        compiled = self.plain(grid, args, constexprs, num_warps, num_stages, launch_pdl)
         if len(args) != self.num_args or len(constexprs) != self.num_constexprs:
             return compiled
         try:

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import pooler_tables as _pooler_tables
@@ -88,6 +89,11 @@ def table_arch(device: torch.device) -> str:
         return "default"
     key = arch_key(*torch.cuda.get_device_capability(device))
     return key if key in POOLER_TABLES else "default"
+
+
+def arch_has_pdl(arch: str) -> bool:
+    """Whether a table key's GPUs have programmatic dependent launch (sm_90 and later)."""
+    return arch.startswith("sm") and arch[2:].isdigit() and int(arch[2:]) >= 90
 
 
 def arch_key(major: int, minor: int) -> str:
@@ -250,7 +256,10 @@ def pooler_fwd_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr = 1,
     SWAP_AB: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:  # launched early (TileConfig.pdl; see above pooler_fwd): wait for the previous kernel
+        gdc_wait()
     # N tiles vary fastest, so programs that run together share the same X rows and sweep the
     # (L2-resident) weight. M is not specialized (do_not_specialize): one compile serves M = 1, 8
     # and 16 alike, and the value only bounds masks.
@@ -319,12 +328,14 @@ def pooler_fwd_persistent_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
     stride_om, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """pooler_fwd_kernel's plain tile (no split, no swap), with a grid of about one program per SM
     that walks the output tiles i, i + programs, ...: no wave tail at large M, and the compiler
     may start a tile's loads while the previous tile's epilogue runs. Each tile is computed as in
     the plain kernel, so the result does not depend on the grid size."""
+    if PDL:
+        gdc_wait()
     tiles_n = tl.cdiv(N, BLOCK_N)
     tiles = tl.cdiv(M, BLOCK_M) * tiles_n
     for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
@@ -412,12 +423,15 @@ def pooler_fwd_tma_kernel(
     BLOCK_K: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """pooler_fwd_kernel's plain tile (no split, no swap) with TMA loads; the same epilogue, the
     same tile order (N tiles fastest) and the same K chunks in the same order. PERSISTENT: a 1-D
     grid of about one program per SM walks the tiles i, i + programs, ... as
     pooler_fwd_persistent_kernel does; its loop is flattened with the K loop, so the pipeliner may
     issue the next tile's first copies before this tile's epilogue."""
+    if PDL:
+        gdc_wait()
     if PERSISTENT:
         tiles_n = tl.cdiv(N, BLOCK_N)
         tiles = tl.cdiv(M, BLOCK_M) * tiles_n
@@ -515,6 +529,18 @@ def _device_arch(device: torch.device) -> str:
 
 _INTERPRETED = interpreter_enabled()  # fixed when triton is imported
 
+# Programmatic dependent launch (TileConfig.pdl): the launch carries Triton's ``launch_pdl``
+# option, so the GPU may start this grid once every block of the previous kernel on the stream has
+# exited, before that kernel has completed and flushed its writes; the kernel's first statement,
+# ``gdc_wait``, holds every thread until it has. Nothing is read before the wait: any input, the
+# weight included (an optimizer step or a weight copy may be the previous kernel), can be that
+# kernel's output. What overlaps is the launch itself: block scheduling, argument and descriptor
+# set-up. The kernel never lets its own successor start early (``gdc_launch_dependents``): what
+# follows a pooler in a model (a classifier GEMM) is not launched for it, and in a benchmark of
+# back-to-back pooler calls an early start would overlap two poolers, which no model does. Off
+# under the interpreter (which has no ``gdc_wait``); before sm_90, ptxas refuses ``griddepcontrol``,
+# so only an sm_90 table may set it and ``pooler_fwd`` refuses an override there.
+
 
 def pooler_fwd(
     x: torch.Tensor,
@@ -546,10 +572,23 @@ def pooler_fwd(
         config = pick_config(m, dtype, batch_invariant, _device_arch(device))
     else:
         check_config(config)
+        if config.pdl:
+            check_pdl_device(device)
     launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
     with device_of(x):
-        launch(grid, args, constexprs, config.num_warps, config.num_stages)
+        launch(grid, args, constexprs, config.num_warps, config.num_stages,
+               config.pdl and not _INTERPRETED)  # fmt: skip
     return out
+
+
+def check_pdl_device(device: torch.device) -> None:
+    """Refuse a ``pdl`` config for a GPU before sm_90 (ptxas would fail inside Triton)."""
+    if device.type == "cuda" and not _INTERPRETED and not has_tma(device):
+        capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+        raise ValueError(
+            "config.pdl: programmatic dependent launch needs a GPU of compute capability 9.0 or "
+            f"later; {device} has {capability}"
+        )
 
 
 def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: torch.device):
@@ -564,10 +603,11 @@ def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: t
         tiles = (min(grid_n * grid_m, persistent_programs(device)),)
     else:
         tiles = (grid_n, grid_m)
+    pdl = config.pdl and not _INTERPRETED  # the PDL constexpr: as launched
     # what a descriptor cannot describe runs this tile through the pointer kernel below
     if config.tma and tma_describable(x, weight, x_strides, w_strides, dtype, device, k):
         return _tma_launch_args(x, weight, bias, activation, out, config, tiles, x_strides[0],
-                                w_strides[0])  # fmt: skip
+                                w_strides[0], pdl)  # fmt: skip
     b = weight if bias is None else bias  # any valid pointer; unread without HAS_BIAS
     ints = (m, n, k, x_strides[0], x_strides[-1], w_strides[0], w_strides[1],
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
@@ -581,7 +621,7 @@ def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: t
         config.block_k,
     )
     if config.persistent:
-        return _launch_pooler_fwd_persistent, tiles, (x, weight, b, out, *ints), flags
+        return _launch_pooler_fwd_persistent, tiles, (x, weight, b, out, *ints), (*flags, pdl)
     # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
     split_k = max(1, min(config.split_k, -(-k // config.block_k)))
     if split_k > 1:
@@ -589,7 +629,8 @@ def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: t
     else:
         ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
     args = (x, weight, b, out, ws, tickets, *ints)
-    return _launch_pooler_fwd, (grid_n, grid_m, split_k), args, (*flags, split_k, config.swap_ab)
+    constexprs = (*flags, split_k, config.swap_ab, pdl)
+    return _launch_pooler_fwd, (grid_n, grid_m, split_k), args, constexprs
 
 
 def plan_pooler_fwd(
@@ -607,7 +648,8 @@ def plan_pooler_fwd(
     out = torch.empty((m, n), dtype=x.dtype, device=device)
     launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
     index = x.get_device()
-    entry = launch.entry_for(index, grid, args, constexprs, config.num_warps, config.num_stages)
+    entry = launch.entry_for(index, grid, args, constexprs, config.num_warps, config.num_stages,
+                             config.pdl and not _INTERPRETED)  # fmt: skip
     if entry is None or out.data_ptr() & 15:
         return None
     # a TMA tile's plan keeps the descriptors' block shapes (a descriptor object kept for the
@@ -835,7 +877,7 @@ def _descriptor_builder():
 _descriptor = _descriptor_builder()
 
 
-def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, stride_wn):
+def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, stride_wn, pdl):
     """``_launch_args`` for the TMA tile: two descriptors in place of the X and W pointers."""
     m, k, n = x.shape[0], x.shape[-1], weight.shape[0]
     bm, bn, bk = config.block_m, config.block_n, config.block_k
@@ -846,7 +888,7 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
     args = (x_desc, w_desc, weight if bias is None else bias, out, m, n, k,
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
     flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn, bk,
-             config.warp_specialize, config.persistent)  # fmt: skip
+             config.warp_specialize, config.persistent, pdl)  # fmt: skip
     return _launch_pooler_fwd_tma, grid, args, flags
 
 
@@ -991,6 +1033,18 @@ ARCH_CANDIDATES = {
 }
 
 
+# Tiles whose PDL form ``inspect`` compiles for sm_90 (one per kernel branch), whether or not a
+# table holds one yet: the tune times each bucket's fastest tile with pdl on an sm_90 GPU.
+PDL_INSPECTION_TILES = (
+    TileConfig(16, 16, 128, 4, 4, pdl=True),
+    TileConfig(16, 32, 64, 4, 3, split_k=4, pdl=True),
+    TileConfig(16, 64, 128, 4, 4, swap_ab=True, pdl=True),
+    TileConfig(128, 128, 64, 8, 4, persistent=True, pdl=True),
+    TileConfig(64, 32, 128, 4, 4, tma=True, pdl=True),
+    TileConfig(128, 128, 64, 8, 3, tma=True, persistent=True, pdl=True),
+)
+
+
 def tune_candidates(dtype: torch.dtype, arch: str = "default") -> tuple:
     """What ``python -m bench.tune`` tries on a GPU whose table key is ``arch``: (lo, hi, config)."""
     return TUNE_CANDIDATES[dtype] + ARCH_CANDIDATES.get(arch, {}).get(dtype, ())
@@ -1007,7 +1061,8 @@ def config_label(cfg: TileConfig) -> str:
     if cfg.split_k > 1:
         label += f" k{cfg.split_k}"
     label += (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
-    return label + (" tma" if cfg.tma else "") + (" ws" if cfg.warp_specialize else "")
+    label += (" tma" if cfg.tma else "") + (" ws" if cfg.warp_specialize else "")
+    return label + (" pdl" if cfg.pdl else "")
 
 
 def inspection_cases() -> list:
@@ -1051,6 +1106,10 @@ def inspection_cases() -> list:
                 only = inspection_arch(arch)
                 tags = {"table": "candidate", "m_range": (lo, hi), "only_arch": only}
                 cases.append(_case(name, dtype, cfg, tags))
+    for dtype in (torch.float16, torch.bfloat16):
+        for cfg in PDL_INSPECTION_TILES:
+            name = f"pooler_fwd_pdl {DTYPE_NAMES[dtype]} sm90 {config_label(cfg)}"
+            cases.append(_case(name, dtype, cfg, {"table": "pdl", "only_arch": "sm_90"}))
     return cases
 
 
@@ -1071,7 +1130,8 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             **dict.fromkeys(("M", "N", "K", "stride_b", "stride_om"), "i32"),
         }
         constexprs = {"HAS_BIAS": True, "ACTIVATION": "tanh", "INTERPRETED_BF16": False, **tiles,
-                      "WARP_SPECIALIZE": cfg.warp_specialize, "PERSISTENT": cfg.persistent}  # fmt: skip
+                      "WARP_SPECIALIZE": cfg.warp_specialize, "PERSISTENT": cfg.persistent,
+                      "PDL": cfg.pdl}  # fmt: skip
         divisible = ("b_ptr", "out_ptr", "N", "K", "stride_om")
     else:
         # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB
@@ -1096,6 +1156,7 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "INTERPRETED_BF16": False,
             **tiles,
             **({} if cfg.persistent else {"SPLIT_K": cfg.split_k, "SWAP_AB": cfg.swap_ab}),
+            "PDL": cfg.pdl,
         }
         divisible = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", *scratch, "N", "K", "stride_xm",
                      "stride_wn", "stride_om")  # fmt: skip
@@ -1106,6 +1167,7 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
         constexprs=constexprs,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        launch_pdl=cfg.pdl,
         dtype=dtype,
         expects_tensor_cores=dtype != torch.float32,
         divisible_by_16=divisible,

@@ -23,6 +23,10 @@ class TileConfig(NamedTuple):
     # TMA tiles only: Triton splits the K loop into a producer warp issuing the copies and
     # consumer warpgroups issuing the MMAs (tl.range(warp_specialize=True); kernels/pooler.py)
     warp_specialize: bool = False
+    # Programmatic dependent launch (sm_90 and later; ignored by the interpreter): the kernel may
+    # be launched while the previous kernel on its stream drains, and waits for it (gdc_wait)
+    # before its first memory access (kernels/pooler.py)
+    pdl: bool = False
 
 
 # A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound

@@ -55,7 +55,7 @@ def _compile_and_scan() -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from bertpool_fast.inspect_kernels import _ast_source, discover_cases
+    from bertpool_fast.inspect_kernels import _ast_source, compile_options, discover_cases
 
     report = {}
     for case in discover_cases():
@@ -65,7 +65,7 @@ def _compile_and_scan() -> dict:
         compiled = triton.compile(
             _ast_source(c),
             target=GPUTarget("cuda", 90, 32),
-            options={"num_warps": c.num_warps, "num_stages": c.num_stages},
+            options=compile_options(c),
         )
         report[f"{case.name} (K tail)"] = lane_overflow(compiled.asm["llir"], compiled.asm["ptx"])
     return report

@@ -45,8 +45,8 @@ class FakeKernel:
         self.plain = []
 
     def __getitem__(self, grid):
-        def launch_(*args, num_warps, num_stages):
-            self.plain.append((grid, args, num_warps, num_stages))
+        def launch_(*args, num_warps, num_stages, **options):
+            self.plain.append((grid, args, num_warps, num_stages, options))
             return self.compiled
 
         return launch_
@@ -72,7 +72,7 @@ BASE = dict(grid=(24, 2), constexprs=("tanh", 64), num_warps=4, num_stages=3)
 def _call(c, args=None, **overrides):
     kw = {**BASE, **overrides}
     return c(kw["grid"], args if args is not None else _args(), kw["constexprs"], kw["num_warps"],
-             kw["num_stages"])  # fmt: skip
+             kw["num_stages"], kw.get("launch_pdl", False))  # fmt: skip
 
 
 def test_second_call_launches_directly_with_tritons_argument_order(cache):
@@ -101,6 +101,7 @@ HAZARDS = {
     "constexpr-type": dict(constexprs=("tanh", 64.0)),
     "num-warps": dict(num_warps=8),
     "num-stages": dict(num_stages=4),
+    "launch-pdl": dict(launch_pdl=True),
     "device": dict(device=1),
 }
 
@@ -114,6 +115,20 @@ def test_every_specialization_hazard_misses(cache, hazard):
     cache.device = overrides.pop("device", 0)
     _call(cache, **overrides)
     assert len(cache.kernel.plain) == 2, f"{hazard} reused a kernel compiled for other arguments"
+
+
+def test_launch_pdl_reaches_triton_only_when_set(cache):
+    # Triton's compile option, so a kernel compiled for programmatic dependent launch carries it
+    # in its metadata (the launcher reads it there); a launch without it passes no option at all,
+    # so kernels and Triton releases that never heard of it compile as before
+    _call(cache)
+    _call(cache, launch_pdl=True)
+    _call(cache, launch_pdl=True)
+    assert [p[4] for p in cache.kernel.plain] == [{}, {"launch_pdl": True}]
+    assert len(cache.kernel.compiled.direct) == 1
+    disabled = CachedLaunch(cache.kernel, enabled=False)  # the interpreter's path: plain each time
+    _call(disabled, launch_pdl=True)
+    assert cache.kernel.plain[-1][4] == {"launch_pdl": True}
 
 
 def test_grid_is_not_part_of_the_key(cache):
@@ -198,7 +213,8 @@ def test_generated_key_agrees_with_spec():
     # the per-kernel key inlines _spec's common cases; it must give the very same values
     key = launch._make_key(1, 2)
     for a in _samples():
-        assert key(0, 4, 3, ("tanh", 64), (a,)) == (0, 4, 3, ("tanh", 64), str, int, _spec(a)), a
+        expected = (0, 4, 3, False, ("tanh", 64), str, int, _spec(a))
+        assert key(0, 4, 3, False, ("tanh", 64), (a,)) == expected, a
 
 
 GLOBAL_EPS = 1e-6

@@ -33,7 +33,8 @@ def _stand_in(x_ptr, w_ptr, b_ptr, out_ptr, ws_ptr, ticket_ptr, M, N, K, stride_
               stride_wn, stride_wk, stride_b, stride_om, HAS_BIAS: tl.constexpr,
               ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
               INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SWAP_AB: tl.constexpr):  # fmt: skip
+              BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SWAP_AB: tl.constexpr,
+              PDL: tl.constexpr):  # fmt: skip
     pass
 
 
@@ -41,7 +42,8 @@ def _stand_in_persistent(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, strid
                          stride_wk, stride_b, stride_om, HAS_BIAS: tl.constexpr,
                          ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
                          INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                         PDL: tl.constexpr):  # fmt: skip
     pass
 
 
@@ -49,7 +51,7 @@ def _stand_in_tma(x_desc, w_desc, b_ptr, out_ptr, M, N, K, stride_b, stride_om,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                   INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-                  PERSISTENT: tl.constexpr):  # fmt: skip
+                  PERSISTENT: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
     pass
 
 
@@ -69,13 +71,13 @@ def _compute(args: tuple) -> None:
     """What the kernel computes, from the arguments as launched (tensors, descriptors, ints,
     constexprs); the persistent kernel's arguments are the plain kernel's without the split-K
     scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides."""
-    if len(args) == 20:  # the persistent signature: 13 runtime arguments, 7 constexprs
+    if len(args) == 21:  # the persistent signature: 13 runtime arguments, 8 constexprs
         args = (*args[:4], None, None, *args[4:])
-    if len(args) == 17:  # the TMA signature: 9 runtime arguments, 8 constexprs
+    if len(args) == 18:  # the TMA signature: 9 runtime arguments, 9 constexprs
         args = _from_descriptors(args)
     x, w, b, out, ws, tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
     has_bias, activation = args[15], args[16]
-    if len(args) == 24 and args[22] > 1:  # SPLIT_K: fp32 partials for every split, int32 tickets
+    if len(args) == 25 and args[22] > 1:  # SPLIT_K: fp32 partials for every split, int32 tickets
         assert ws.dtype == torch.float32 and ws.numel() >= args[22] * m * n
         assert tickets.dtype == torch.int32
     rows = torch.as_strided(x, (m, k), (sxm, sxk), x.storage_offset())
@@ -95,6 +97,7 @@ class ComputingCompiled:
 
     def run(self, *launch_args):
         self.direct += 1
+        self.last_constexpr = launch_args[-1]  # never a tensor: a kept one would stay alive
         _compute(launch_args[9:])
 
 
@@ -107,8 +110,9 @@ class ComputingKernel:
         self.plain = 0
 
     def __getitem__(self, grid):
-        def launch_(*args, num_warps, num_stages):
+        def launch_(*args, num_warps, num_stages, **options):
             self.plain += 1
+            self.options, self.last_constexpr = options, args[-1]
             _compute(args)
             return self.compiled
 
@@ -250,6 +254,28 @@ def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
         assert plan.grid == (min(tiles, pooler.INTERPRETER_PROGRAMS),)
     else:
         assert plan.grid[0] * plan.grid[1] == tiles
+
+
+def test_a_pdl_tile_is_compiled_for_it_launched_with_it_and_planned(stand_in, monkeypatch):
+    # TileConfig.pdl: Triton's launch_pdl option on the first (compiling) launch and the kernel's
+    # PDL constexpr (its gdc_wait) on every launch; the plan must find that compiled entry, so
+    # the second call runs planned. The interpreter turns it off (no gdc_wait there): pretend
+    # this is a GPU launch path.
+    monkeypatch.setattr(pooler, "_INTERPRETED", False)
+    config = TileConfig(16, 32, 64, 4, 3, pdl=True)
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: config)
+    hidden, weight, bias = _inputs()
+    kernel = stand_in.kernel
+    _, planned = _run(stand_in, hidden, weight, bias)
+    assert not planned and kernel.plain == 1
+    assert kernel.options == {"launch_pdl": True} and kernel.last_constexpr is True  # PDL
+    _, planned = _run(stand_in, randn(*hidden.shape, dtype=hidden.dtype, device="cpu"), weight,
+                      bias)  # fmt: skip
+    assert planned and kernel.compiled.last_constexpr is True
+    monkeypatch.setattr(pooler, "_INTERPRETED", True)
+    monkeypatch.setattr(ops, "_PLANS", {})
+    _run(stand_in, hidden, weight, bias)
+    assert kernel.plain == 2 and kernel.options == {} and kernel.last_constexpr is False
 
 
 def test_a_tma_plan_refuses_rows_a_descriptor_cannot_hold(stand_in, monkeypatch):

@@ -17,6 +17,7 @@ from bertpool_fast.kernels.pooler import (
     DTYPE_NAMES,
     POOLER_TABLES,
     TUNE_CANDIDATES,
+    arch_has_pdl,
     arch_key,
     config_label,
     inspection_cases,
@@ -148,6 +149,88 @@ def test_tables_are_well_formed():
             assert bounds[:-1] == sorted(bounds[:-1]) and len(set(bounds)) == len(bounds)
             assert all(isinstance(cfg, TileConfig) for _, cfg in table)
     assert set(pooler_tables.PROVENANCE) == set(pooler_tables.TABLES)
+
+
+def test_only_tables_of_gpus_with_pdl_launch_with_it():
+    # programmatic dependent launch compiles to griddepcontrol, which ptxas refuses before sm_90:
+    # only such an architecture's table (written by the tune there) may set it
+    assert arch_has_pdl("sm90") and arch_has_pdl("sm100") and not arch_has_pdl("sm80")
+    assert not arch_has_pdl("default") and not arch_has_pdl("smx")
+    for arch, tables in POOLER_TABLES.items():
+        if not arch_has_pdl(arch):
+            assert not any(cfg.pdl for table in tables.values() for _, cfg in table), arch
+    assert not any(cfg.pdl for table in BATCH_INVARIANT_CONFIGS.values() for _, cfg in table)
+
+
+def test_a_pdl_override_is_refused_for_a_gpu_without_it(monkeypatch):
+    # a clear error naming the option, not a ptxas failure inside Triton
+    monkeypatch.setattr(pooler_module, "_INTERPRETED", False)
+    monkeypatch.setattr(pooler_module, "has_tma", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    with pytest.raises(ValueError, match=r"config\.pdl.*9\.0 or later.*has 8\.0"):
+        pooler_module.check_pdl_device(torch.device("cuda", 0))
+    pooler_module.check_pdl_device(torch.device("cpu"))  # the interpreter's device: no launch
+    monkeypatch.setattr(pooler_module, "has_tma", lambda device: True)
+    pooler_module.check_pdl_device(torch.device("cuda", 0))
+
+
+PDL_TILES = (
+    TileConfig(16, 32, 64, 4, 3, split_k=4, pdl=True),
+    TileConfig(16, 64, 128, 4, 4, swap_ab=True, pdl=True),
+    TileConfig(64, 32, 64, 4, 4, tma=True, pdl=True),
+    TileConfig(128, 128, 64, 8, 3, tma=True, persistent=True, pdl=True),
+)
+
+
+def _skip_without_pdl():
+    if HAS_CUDA and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90 or later")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_a_pdl_tile_computes_what_the_same_tile_does(dtype):
+    # on an sm_90 GPU launched with programmatic dependent launch; under the interpreter the
+    # option is off (no gdc_wait there). Either way: bitwise the same tile's result.
+    _skip_without_pdl()
+    hidden, weight, bias = make_inputs(37, 2, 200, 88, dtype)
+    for cfg in PDL_TILES:
+        out = run_checked(hidden, weight, bias, cfg)
+        assert torch.equal(out, run_checked(hidden, weight, bias, cfg._replace(pdl=False)))
+        assert_close_rel(out, reference64(hidden, weight, bias), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_a_pdl_launch_reads_what_the_kernel_before_it_wrote_gpu(dtype):
+    # Each pooler launch follows, on its stream, copy kernels that rewrite its rows and its
+    # weight: the wait before the first read must see them. Eagerly and replayed from a CUDA
+    # graph (captured launches keep the attribute as a programmatic edge). Bitwise against the
+    # same tile without PDL. A missing wait would race only for the producer's last writes, so
+    # this checks the launch path and its results, not every interleaving.
+    _skip_without_pdl()
+    hidden, weight, bias = make_inputs(300, 8, 768, 768, dtype, device="cuda")
+    sources = [make_inputs(300, 8, 768, 768, dtype, device="cuda")[:2] for _ in range(3)]
+    for cfg in PDL_TILES:
+        expected = []
+        for h, w in sources:
+            expected.append(pooler_fwd(h, w, bias, "tanh", config=cfg._replace(pdl=False)))
+        out = poisoned((300, 768), dtype, "cuda")
+        for (h, w), want in zip(sources, expected):
+            hidden.copy_(h)
+            weight.copy_(w)
+            pooler_fwd(hidden, weight, bias, "tanh", out=out, config=cfg)
+            torch.cuda.synchronize()
+            assert torch.equal(out, want), config_label(cfg)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            hidden.copy_(sources[0][0])
+            weight.copy_(sources[0][1])
+            pooler_fwd(hidden, weight, bias, "tanh", out=out, config=cfg)
+        for _ in range(3):
+            out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, expected[0]), f"{config_label(cfg)} (graph replay)"
 
 
 def test_candidates_are_wgmma_shaped_where_they_claim():
@@ -449,12 +532,15 @@ def test_tma_config_is_validated_and_labelled():
         config_label(TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True))
         == "64x128x64 w4 s3 tma ws"
     )
-    # positional uses of TileConfig keep their meaning: tma and warp_specialize are the last
+    # positional uses of TileConfig keep their meaning: tma, warp_specialize and pdl are the last
     # fields, off by default
     assert TileConfig(16, 32, 64, 4, 3, 4, True, False) == TileConfig(
         16, 32, 64, 4, 3, split_k=4, swap_ab=True
     )
-    assert TileConfig._fields[-2:] == ("tma", "warp_specialize")
+    assert TileConfig._fields[-3:] == ("tma", "warp_specialize", "pdl")
+    assert (
+        config_label(TileConfig(64, 32, 128, 4, 4, tma=True, pdl=True)) == "64x32x128 w4 s4 tma pdl"
+    )
     assert not TileConfig(16, 32, 64, 4, 3).tma and not TileConfig(16, 32, 64, 4, 3).warp_specialize
 
 

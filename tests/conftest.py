@@ -168,6 +168,24 @@ def assert_close_rel(
         )
 
 
+def compiled_in_subprocess(test_file: str) -> dict:
+    """Run ``test_file`` as a script without TRITON_INTERPRET (which this process has on a CPU
+    machine, and under which nothing compiles for a GPU target) from the repository root; return
+    the JSON its last line prints."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(test_file)],
+        capture_output=True, text=True, env=env, cwd=root, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def poisoned(shape, dtype, device) -> torch.Tensor:
     """An output buffer full of NaN, so any element a kernel fails to write fails the test."""
     return torch.full(shape, float("nan"), dtype=dtype, device=device)

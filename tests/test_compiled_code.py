@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -73,14 +72,9 @@ def _compile_and_scan() -> dict:
 
 @pytest.fixture(scope="module")
 def scan() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)],
-        capture_output=True, text=True, env=env, cwd=root, timeout=1200,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from conftest import compiled_in_subprocess
+
+    return compiled_in_subprocess(__file__)
 
 
 def test_no_packed_lane_overflow_in_fp32_gemm_tiles(scan):

@@ -4,6 +4,8 @@ From M = 2048 up the fused kernel has been slower than cuBLAS ``F.linear`` follo
 tanh. Each line below removes one suspect, so one run splits the gap between them:
 
   fused, shipped           the table's tile: bias, tanh, first-token rows S * H apart (as in BERT)
+  fused, exp-form tanh     the same tile with tanh_exp_to_half, the form tanh_to_half had before
+                           its rational one (two MUFU instructions per element where it has one)
   fused, fp32-accurate tanh the same tile with tanh_f32: what tanh_to_half saves on fp16/bf16
   fused, tanh.approx       the SFU's one-instruction tanh (~2^-11 relative error, not shipped):
                            what the epilogue could still gain, and its error in the rel err column
@@ -105,6 +107,8 @@ def lines_for(m: int, dtype: torch.dtype, arch: str, sets: Sets) -> list[tuple]:
     out = [
         ("fused, shipped", label, fused(cfg, "tanh", True, sets.rows), lambda i: ref(i),
          gemm_bytes + bias_bytes, gemm_flops),
+        ("fused, exp-form tanh", label, fused(cfg, "tanh_exp_to_half", True, sets.rows),
+         lambda i: ref(i), gemm_bytes + bias_bytes, gemm_flops),
         ("fused, fp32-accurate tanh", label, fused(cfg, "tanh_f32", True, sets.rows),
          lambda i: ref(i), gemm_bytes + bias_bytes, gemm_flops),
         ("fused, tanh.approx", label, fused(cfg, "tanh_mufu", True, sets.rows),

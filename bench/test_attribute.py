@@ -18,7 +18,7 @@ def test_dry_run_checks_and_reports_every_line(tmp_path):
     result = json.loads((out / "attribute.json").read_text())
     assert result["dry_run"]
     names = {x["name"] for x in result["lines"]}
-    assert {"fused, shipped", "fused, identity", "fused, identity, no bias",
+    assert {"fused, shipped", "fused, exp-form tanh", "fused, identity", "fused, identity, no bias",
             "fused, contiguous rows", "cuBLAS linear + tanh", "cuBLAS linear", "cuBLAS mm",
             "tanh alone"} <= names  # fmt: skip
     for line in result["lines"]:

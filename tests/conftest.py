@@ -4,7 +4,6 @@ On a machine without CUDA the Triton kernels run through Triton's CPU interprete
 switched on before triton is imported - hence at the top of this file, before any import of it.
 """
 
-import math
 import os
 import zlib
 
@@ -73,15 +72,16 @@ ACTIVATION_LIPSCHITZ = {"tanh": 1.0, "relu": 1.0, "identity": 1.0, "gelu": 1.13,
 # before the final rounding, by the dtype rounded to. fp32: tanh_f32 (kernels/activations.py) at
 # most ~6.3 ulps where its exponential form starts (2 ulps of exp2 times 1.9, 2 of the division,
 # 0.5 of 1 + t), less above, ~2 in its series; GELU's erf (libdevice erff, 2 ulps documented) and
-# tanh scaled by its factors: 8 ulps. fp16 / bf16: tanh_to_half, whose error is absolute, below
-# 2^-20, where its exponential form runs (|x| >= 1/8), so relative below 2^-20 / tanh(1/8);
-# 1/60 of fp16's unit roundoff (the other activations are as accurate as for fp32).
-TANH_TO_HALF_ABS = 2.0**-20
-TANH_TO_HALF_SWITCH = 0.125
+# tanh scaled by its factors: 8 ulps. fp16 / bf16: tanh_to_half, a rational function whose
+# relative error is below 2^-20 everywhere (fit 2^-25.1 plus ~11 ulps of evaluation), 1/512 of
+# fp16's unit roundoff; |x| clamped at TANH_TO_HALF_CLAMP (the other activations are as accurate
+# as for fp32).
+TANH_TO_HALF_REL = 2.0**-20
+TANH_TO_HALF_CLAMP = 4.6
 ACTIVATION_EVAL_RTOL = {
     torch.float32: 8 * 2.0**-24,
-    torch.float16: TANH_TO_HALF_ABS / math.tanh(TANH_TO_HALF_SWITCH),
-    torch.bfloat16: TANH_TO_HALF_ABS / math.tanh(TANH_TO_HALF_SWITCH),
+    torch.float16: TANH_TO_HALF_REL,
+    torch.bfloat16: TANH_TO_HALF_REL,
     torch.float64: 8 * 2.0**-24,
 }
 

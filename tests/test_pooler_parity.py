@@ -1,7 +1,5 @@
 """Parity of the fused pooler kernel against a float64 reference, over shapes, dtypes and layouts."""
 
-import math
-
 import pytest
 import torch
 
@@ -211,23 +209,20 @@ def test_tanh_epilogue_over_its_whole_range():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_tanh_to_half_rounds_like_exact_tanh(dtype):
-    # A result rounded to fp16 / bf16 takes tanh_to_half, whose own error is below
-    # TANH_TO_HALF_ABS (absolute) from the switch at 1/8 up, and fp32-level below it. Sharper than
-    # a bound of u |y|: each output must be the exact tanh correctly rounded, except where the
-    # exact value lies within the activation's own error of the midpoint between two
-    # representable neighbours - there either neighbour is right. Every element is checked.
-    from conftest import TANH_TO_HALF_ABS, TANH_TO_HALF_SWITCH
+    # A result rounded to fp16 / bf16 takes tanh_to_half, whose own relative error is below
+    # TANH_TO_HALF_REL everywhere. Sharper than a bound of u |y|: each output must be the exact
+    # tanh correctly rounded, except where the exact value lies within the activation's own error
+    # of the midpoint between two representable neighbours - there either neighbour is right.
+    # Every element is checked, densely around the clamp (beyond it the result must round to
+    # exactly +-1) and over 1e-6 .. 20.
+    from conftest import TANH_TO_HALF_CLAMP, TANH_TO_HALF_REL
 
-    x = _both_signs_dense_at(TANH_TO_HALF_SWITCH, 1 << 18 if KERNEL_DEVICE != "cpu" else 1 << 13)
+    x = _both_signs_dense_at(TANH_TO_HALF_CLAMP, 1 << 18 if KERNEL_DEVICE != "cpu" else 1 << 13)
     x = x.to(dtype)  # inputs exact in the dtype, so x * 1 is exact in fp32
     out = _tanh_through_identity(x).double()
     exact = torch.tanh(x.double())
     nearest = exact.to(dtype).double()
-    own_error = torch.where(
-        exact.abs() >= math.tanh(TANH_TO_HALF_SWITCH),
-        torch.full_like(exact, TANH_TO_HALF_ABS),
-        8 * 2.0**-24 * exact.abs(),  # the series: a few fp32 ulps
-    )
+    own_error = TANH_TO_HALF_REL * exact.abs()
     # where the output is not the nearest value, exact must lie within own_error of the midpoint
     # between the two (which also makes them neighbours: own_error is far below half a spacing)
     distance_to_midpoint = (exact - (out + nearest) / 2).abs()
@@ -237,6 +232,7 @@ def test_tanh_to_half_rounds_like_exact_tanh(dtype):
         f"{int(bad.sum())} outputs are not a correct rounding of tanh; first: tanh("
         f"{x[bad.nonzero()[0, 0]].item()!r}) = {out[bad][0].item()!r}, nearest {nearest[bad][0].item()!r}"
     )
+    assert (out[x.abs() >= TANH_TO_HALF_CLAMP].abs() == 1).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

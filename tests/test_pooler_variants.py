@@ -187,7 +187,7 @@ def _skip_without_pdl():
         pytest.skip("programmatic dependent launch needs sm_90 or later")
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_a_pdl_tile_computes_what_the_same_tile_does(dtype):
     # on an sm_90 GPU launched with programmatic dependent launch; under the interpreter the
     # option is off (no gdc_wait there). Either way: bitwise the same tile's result.

@@ -202,29 +202,37 @@ def test_a_pdl_tile_computes_what_the_same_tile_does(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_a_pdl_launch_reads_what_the_kernel_before_it_wrote_gpu(dtype):
-    # Each pooler launch follows, on its stream, copy kernels that rewrite its rows and its
-    # weight: the wait before the first read must see them. Eagerly and replayed from a CUDA
-    # graph (captured launches keep the attribute as a programmatic edge). Bitwise against the
-    # same tile without PDL. A missing wait would race only for the producer's last writes, so
-    # this checks the launch path and its results, not every interleaving.
+    # Each pooler launch follows, on its stream, kernels (elementwise, so kernels and not copy-
+    # engine transfers) that rewrite its rows and its weight, the one or the other last: the
+    # wait before the first read must see both. Eagerly and replayed from a CUDA graph (captured
+    # launches keep the attribute as a programmatic edge). Bitwise against the same tile without
+    # PDL. A missing wait would race only for the producer's last writes, so this checks the
+    # launch path and its results, not every interleaving.
     _skip_without_pdl()
     hidden, weight, bias = make_inputs(300, 8, 768, 768, dtype, device="cuda")
-    sources = [make_inputs(300, 8, 768, 768, dtype, device="cuda")[:2] for _ in range(3)]
+    sources = [make_inputs(300, 8, 768, 768, dtype, device="cuda")[:2] for _ in range(4)]
+
+    def produce(h, w, rows_last):
+        if rows_last:
+            torch.mul(w, 1.0, out=weight)
+            torch.mul(h, 1.0, out=hidden)
+        else:
+            torch.mul(h, 1.0, out=hidden)
+            torch.mul(w, 1.0, out=weight)
+
     for cfg in PDL_TILES:
         expected = []
         for h, w in sources:
             expected.append(pooler_fwd(h, w, bias, "tanh", config=cfg._replace(pdl=False)))
         out = poisoned((300, 768), dtype, "cuda")
-        for (h, w), want in zip(sources, expected):
-            hidden.copy_(h)
-            weight.copy_(w)
+        for i, ((h, w), want) in enumerate(zip(sources, expected)):
+            produce(h, w, rows_last=i % 2 == 1)
             pooler_fwd(hidden, weight, bias, "tanh", out=out, config=cfg)
             torch.cuda.synchronize()
             assert torch.equal(out, want), config_label(cfg)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            hidden.copy_(sources[0][0])
-            weight.copy_(sources[0][1])
+            produce(*sources[0], rows_last=True)
             pooler_fwd(hidden, weight, bias, "tanh", out=out, config=cfg)
         for _ in range(3):
             out.fill_(float("nan"))

@@ -49,26 +49,30 @@ def tanh_f32(x):
 @triton.jit
 def tanh_to_half(x):
     # tanh for a result rounded next to fp16 or bf16, with one MUFU instruction per element (the
-    # reciprocal) where tanh_exp_to_half and tanh_f32 take two: at large M the epilogue is what
-    # the fused kernel adds to a GEMM, and its cost followed both its MUFU and its instruction
-    # counts. tanh(x) = x P(x^2) / Q(x^2), P and Q cubics in x^2 with positive coefficients (no
-    # cancellation in Horner's rule), fitted for least maximum relative error on |x| <= 4.6
-    # (NOTES.md says how): 2^-25.1 in exact arithmetic. In fp32 (x^2, six FMAs, two products and
-    # the division, each rounded once: ~5 ulps in x P, ~4 in Q, 2 in the division) the relative
-    # error stays below 2^-20 everywhere, zero included: 1/512 of fp16's unit roundoff (2^-21.7
-    # in an fp32 simulation with fused multiply-adds, against mpmath, over 350k points). |x| is
-    # clamped at 4.6, where tanh is within 2^-12.27 of 1: beyond it the result, 0.99979..., rounds
-    # to exactly 1 in fp16 and in bf16 (this form is for those results only); +-inf clamps alike
-    # and a NaN stays NaN.
+    # reciprocal) where tanh_exp_to_half and tanh_f32 take two, in as many instructions as
+    # tanh_exp_to_half (12, sm_90 SASS): at large M the epilogue is what the fused kernel adds to
+    # a GEMM, and its cost followed both counts, the MUFU's most. tanh(x) = x P(x^2) / Q(x^2), P
+    # and Q cubics in x^2 with positive coefficients (no cancellation in Horner's rule), fitted
+    # for least maximum relative error on |x| <= 4.6 (NOTES.md says how): 2^-25.1 in exact
+    # arithmetic. In fp32 (x^2, six FMAs, two products and the reciprocal, each rounded once:
+    # ~5 ulps in x P, ~4 in Q, 2 in the reciprocal) the relative error stays below 2^-20
+    # everywhere, zero included: 1/512 of fp16's unit roundoff (2^-21.7 in an fp32 simulation
+    # with fused multiply-adds, against mpmath, over 350k points). |x| is clamped at 4.6, where
+    # tanh is within 2^-12.27 of 1: beyond it the result, 0.99979..., rounds to exactly 1 in fp16
+    # and in bf16 (this form is for those results only); +-inf clamps alike, a NaN stays NaN.
     xc = tl.clamp(x, -4.6, 4.6, propagate_nan=tl.PropagateNan.ALL)
     t = xc * xc
-    num = xc * (1.0 + t * (0.12587076 + t * (0.0025482688 + t * 5.434667e-06)))
+    # Q and its reciprocal before P: written as one division, num / den, it compiled to 188
+    # registers in the 128x128x64 w8 s3 TMA tile (Triton 3.9; 194 with 3.6), against 128 for
+    # the exponential form, the most that lets two CTAs of 8 warps share an SM; this way 128
+    # with 3.6, 130 with 3.9
     den = 1.0 + t * (0.4592038 + t * (0.022283401 + t * 0.00017389843))
     if _LIBDEVICE:
-        y = libdevice.fast_dividef(num, den)
+        r = libdevice.fast_dividef(1.0, den)
     else:
-        y = num / den
-    return y
+        r = 1.0 / den
+    num = xc * (1.0 + t * (0.12587076 + t * (0.0025482688 + t * 5.434667e-06)))
+    return num * r
 
 
 @triton.jit
@@ -97,8 +101,8 @@ def tanh_exp_to_half(x):
 @triton.jit
 def tanh_mufu(x):
     # The special-function unit's own tanh (PTX tanh.approx.f32, sm_75 and later): one MUFU
-    # instruction per element and nothing else, where tanh_to_half takes a MUFU and ten other
-    # instructions (sm_90 SASS), but a relative error of about 2^-11
+    # instruction per element and nothing else, where tanh_to_half takes a MUFU and eleven
+    # other instructions (sm_90 SASS), but a relative error of about 2^-11
     # (PTX ISA), as large as fp16's unit roundoff, so no table ships it: bench.attribute times it
     # to show what the epilogue could still gain. The interpreter has no PTX: tanh_f32 there.
     if _LIBDEVICE:

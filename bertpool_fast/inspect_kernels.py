@@ -16,7 +16,9 @@ Where the numbers come from:
   * tensor cores: ``mma.sync`` (sm_80 and small tiles on sm_90) or ``wgmma.mma_async`` (sm_90)
     in the PTX;
   * TMA copies: ``cp.async.bulk.tensor`` in the PTX (a case tagged with a TMA config must have
-    them: a descriptor load lowered to plain loads is a problem, like a missing tensor core).
+    them: a descriptor load lowered to plain loads is a problem, like a missing tensor core);
+  * CTAs per SM: from the registers (allocated per warp in units of 256), shared memory (+1 KiB
+    per CTA) and warps, against the target's limits (``SM_LIMITS``), with what limits it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 ARCHS = {"sm_80": 80, "sm_90": 90}
+# What an SM holds, per target (CUDA C Programming Guide, "Compute capabilities" table): 32-bit
+# registers, shared memory (bytes; the runtime reserves 1 KiB more per CTA), warps and CTAs.
+# Registers are allocated per warp in units of 256, i.e. a thread's count rounded up to 8.
+SM_LIMITS = {
+    "sm_80": {"registers": 65536, "shared": 164 * 1024, "warps": 64, "ctas": 32},
+    "sm_90": {"registers": 65536, "shared": 228 * 1024, "warps": 64, "ctas": 32},
+}
+_CTA_RESERVED_SHARED = 1024
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
 
 
@@ -63,6 +73,22 @@ class InspectResult:
         if self.spill_stores is None:
             return None
         return self.spill_stores + (self.spill_loads or 0)
+
+    def ctas_per_sm(self) -> tuple[int, str]:
+        """(CTAs of this kernel one SM holds at once, what limits it: "regs", "smem", "warps" or
+        "ctas", comma-separated where several do), from the compiled registers, shared memory and
+        warps and the target's limits. Two CTAs per SM let one's epilogue run under the other's
+        main loop."""
+        limits = SM_LIMITS[self.arch]
+        per_warp = -(-self.registers // 8) * 8 * 32
+        bounds = {
+            "regs": limits["registers"] // per_warp // self.num_warps,
+            "smem": limits["shared"] // (self.shared_bytes + _CTA_RESERVED_SHARED),
+            "warps": limits["warps"] // self.num_warps,
+            "ctas": limits["ctas"],
+        }
+        least = min(bounds.values())
+        return least, ", ".join(k for k, v in bounds.items() if v == least)
 
 
 def discover_cases() -> list:
@@ -286,6 +312,7 @@ def format_table(results: list[InspectResult]) -> str:
         "smem KiB",
         "warps",
         "stages",
+        "CTAs/SM",
         "tensor cores",
     )
     rows = []
@@ -300,6 +327,7 @@ def format_table(results: list[InspectResult]) -> str:
                     "-",
                     str(r.num_warps),
                     str(r.num_stages),
+                    "-",
                     "COMPILE FAILED",
                 )
             )
@@ -308,8 +336,9 @@ def format_table(results: list[InspectResult]) -> str:
         if r.expects_tensor_cores and not r.tensor_cores:
             cores = "NONE (expected)"
         spill = f"{r.spill_stores}/{r.spill_loads}" + (" SPILLS" if r.spills else "")
+        ctas, limiter = r.ctas_per_sm()
         rows.append((r.name, r.arch, str(r.registers), spill, f"{r.shared_bytes / 1024:g}",
-                     str(r.num_warps), str(r.num_stages), cores))  # fmt: skip
+                     str(r.num_warps), str(r.num_stages), f"{ctas} ({limiter})", cores))  # fmt: skip
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(head)]  # fmt: skip
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -318,6 +347,13 @@ def format_table(results: list[InspectResult]) -> str:
         if r.error:
             out.append(f"\n{r.name} ({r.arch}) failed to compile:\n  {r.error}")
     return "\n".join(out)
+
+
+def _json_row(r: InspectResult) -> dict:
+    row = asdict(r)
+    if not r.error:
+        row["ctas_per_sm"], row["ctas_per_sm_limit"] = r.ctas_per_sm()
+    return row
 
 
 def problems(results: list[InspectResult]) -> list[str]:
@@ -401,7 +437,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m bertpool_fast 
     archs = args.arch or sorted(ARCHS)
     results = inspect_all(cases, archs, jobs=max(1, args.jobs))
     if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=1))
+        print(json.dumps([_json_row(r) for r in results], indent=1))
     else:
         import triton
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
 
 import pytest
 
-from bertpool_fast.inspect_kernels import ARCHS, discover_cases
+from bertpool_fast.inspect_kernels import ARCHS, InspectResult, discover_cases
 from bertpool_fast.kernels.inspection import TRITON_DTYPE
 
 
@@ -174,6 +175,22 @@ def test_cli_prints_a_table(inspected):
     assert len(row) == 1 and " sm_90 " in row[0]
     expected = inspected[("pooler_fwd bf16 M<=16", "sm_90")]
     assert f" {expected['registers']} " in row[0] and row[0].rstrip().endswith("mma")
+    assert "CTAs/SM" in lines[1] and re.search(r" \d+ \((regs|smem|warps|ctas)", row[0])
+
+
+def test_ctas_per_sm_follow_registers_shared_memory_and_warps():
+    # the occupancy column: registers are allocated per warp in units of 256 (a thread's count
+    # rounded up to 8), and each CTA's shared memory carries 1 KiB the runtime reserves
+    def result(arch, registers, warps, shared_kib):
+        return InspectResult("x", arch, "fp16", warps, 3, True, registers=registers,
+                             shared_bytes=int(shared_kib * 1024))  # fmt: skip
+
+    assert result("sm_90", 128, 8, 96).ctas_per_sm() == (2, "regs, smem")  # 2 x 97 KiB of 228
+    assert result("sm_90", 130, 8, 96).ctas_per_sm() == (1, "regs")  # 136 x 256 x 2 > 65536
+    assert result("sm_90", 128, 8, 114).ctas_per_sm() == (1, "smem")  # 2 x 115 KiB > 228
+    assert result("sm_80", 48, 4, 24).ctas_per_sm() == (6, "smem")  # 164 KiB / 25 KiB
+    assert result("sm_90", 24, 4, 0).ctas_per_sm() == (16, "warps")
+    assert result("sm_90", 16, 1, 0).ctas_per_sm() == (32, "ctas")
 
 
 def test_cli_refuses_the_interpreter():

@@ -542,6 +542,11 @@ _INTERPRETED = interpreter_enabled()  # fixed when triton is imported
 # so only an sm_90 table may set it and ``pooler_fwd`` refuses an override there.
 
 
+def launches_pdl(config: TileConfig) -> bool:
+    """Whether a launch of ``config`` waits with gdc_wait and carries ``launch_pdl``."""
+    return config.pdl and not _INTERPRETED
+
+
 def pooler_fwd(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -576,8 +581,7 @@ def pooler_fwd(
             check_pdl_device(device)
     launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
     with device_of(x):
-        launch(grid, args, constexprs, config.num_warps, config.num_stages,
-               config.pdl and not _INTERPRETED)  # fmt: skip
+        launch(grid, args, constexprs, config.num_warps, config.num_stages, launches_pdl(config))
     return out
 
 
@@ -603,7 +607,7 @@ def _launch_args(x, weight, bias, activation, out, config: TileConfig, device: t
         tiles = (min(grid_n * grid_m, persistent_programs(device)),)
     else:
         tiles = (grid_n, grid_m)
-    pdl = config.pdl and not _INTERPRETED  # the PDL constexpr: as launched
+    pdl = launches_pdl(config)  # the PDL constexpr
     # what a descriptor cannot describe runs this tile through the pointer kernel below
     if config.tma and tma_describable(x, weight, x_strides, w_strides, dtype, device, k):
         return _tma_launch_args(x, weight, bias, activation, out, config, tiles, x_strides[0],
@@ -649,7 +653,7 @@ def plan_pooler_fwd(
     launch, grid, args, constexprs = _launch_args(x, weight, bias, activation, out, config, device)
     index = x.get_device()
     entry = launch.entry_for(index, grid, args, constexprs, config.num_warps, config.num_stages,
-                             config.pdl and not _INTERPRETED)  # fmt: skip
+                             launches_pdl(config))  # fmt: skip
     if entry is None or out.data_ptr() & 15:
         return None
     # a TMA tile's plan keeps the descriptors' block shapes (a descriptor object kept for the

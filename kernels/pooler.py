@@ -1131,11 +1131,12 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             "w_desc": f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>",
             "b_ptr": f"*{t}",
             "out_ptr": f"*{t}",
-            **dict.fromkeys(("M", "N", "K", "stride_b", "stride_om"), "i32"),
+            **dict.fromkeys(("M", "N", "K", "stride_om"), "i32"),
         }
-        constexprs = {"HAS_BIAS": True, "ACTIVATION": "tanh", "INTERPRETED_BF16": False, **tiles,
-                      "WARP_SPECIALIZE": cfg.warp_specialize, "PERSISTENT": cfg.persistent,
-                      "PDL": cfg.pdl}  # fmt: skip
+        # a contiguous bias's stride is 1, which the launcher makes the constant 1
+        constexprs = {"stride_b": 1, "HAS_BIAS": True, "ACTIVATION": "tanh",
+                      "INTERPRETED_BF16": False, **tiles, "WARP_SPECIALIZE": cfg.warp_specialize,
+                      "PERSISTENT": cfg.persistent, "PDL": cfg.pdl}  # fmt: skip
         divisible = ("b_ptr", "out_ptr", "N", "K", "stride_om")
     else:
         # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB
@@ -1149,11 +1150,12 @@ def _case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             **({"ws_ptr": "*fp32", "ticket_ptr": "*i32"} if scratch else {}),
             **dict.fromkeys(("M", "N", "K"), "i32"),
             "stride_xm": "i64",
-            **dict.fromkeys(("stride_wn", "stride_b", "stride_om"), "i32"),
+            **dict.fromkeys(("stride_wn", "stride_om"), "i32"),
         }
         constexprs = {
             "stride_xk": 1,
             "stride_wk": 1,
+            "stride_b": 1,
             "HAS_BIAS": True,
             "ACTIVATION": "tanh",
             "DOT_PRECISION": "ieee",

@@ -22,6 +22,8 @@ import pytest
 
 from bertpool_fast.inspect_kernels import ARCHS, InspectResult, discover_cases
 from bertpool_fast.kernels.inspection import TRITON_DTYPE
+from bertpool_fast.kernels.pooler import config_label
+from bertpool_fast.kernels.tiles import TileConfig
 
 
 def _kernel_name(case) -> str:
@@ -208,3 +210,42 @@ def test_cli_rejects_unknown_arch_and_empty_selection():
     assert run.returncode == 2 and "invalid choice: 'sm_75'" in run.stderr
     run = _run_inspect("--kernel", "no such kernel")
     assert run.returncode == 2 and "no kernel configuration matches" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [TileConfig(16, 16, 128, 4, 4), TileConfig(16, 32, 64, 4, 3, split_k=4),
+     TileConfig(128, 128, 64, 8, 4, persistent=True), TileConfig(64, 32, 128, 4, 4, tma=True)],
+    ids=lambda cfg: config_label(cfg).replace(" ", "_"),
+)  # fmt: skip
+def test_pooler_cases_are_compiled_as_a_bert_call_launches_them(cfg):
+    # Triton's launcher turns an integer argument equal to 1 into the constant 1 and marks one
+    # divisible by 16 (and a 16-aligned pointer) with a divisibility hint; a case compiled
+    # otherwise is another kernel: a run-time bias stride once made every inspected bias load
+    # scalar (130 registers in the large TMA tile, 99 as launched). M is do_not_specialize.
+    import torch
+
+    from bertpool_fast.kernels import pooler
+
+    hidden = torch.randn(4, 3, 768, dtype=torch.float16)  # [B, S, H]: rows S * H apart
+    x, weight = hidden[:, 0], torch.randn(768, 768, dtype=torch.float16)
+    bias, out = torch.randn(768, dtype=torch.float16), torch.empty(4, 768, dtype=torch.float16)
+    if cfg.tma:  # the CPU takes the pointer kernel; the arguments an H100 launch passes
+        launch, _, args, _ = pooler._tma_launch_args(x, weight, bias, "tanh", out, cfg, (24, 1),
+                                                     x.stride(0), weight.stride(0), False)  # fmt: skip
+    else:
+        launch, _, args, _ = pooler._launch_args(x, weight, bias, "tanh", out, cfg, x.device)
+    case = pooler._case("x", torch.float16, cfg, {})
+    checked = 0
+    for name, value in zip(launch.kernel.arg_names, args):
+        if name == "M" or not isinstance(value, (int, torch.Tensor)):
+            continue
+        checked += 1
+        if isinstance(value, torch.Tensor):
+            assert name in case.divisible_by_16, f"{name}: a 16-aligned pointer, compiled without"
+        elif value == 1:
+            assert case.constexprs.get(name) == 1, f"{name} = 1 at launch, compiled as a variable"
+        else:
+            assert (name in case.divisible_by_16) == (value % 16 == 0), f"{name} = {value}"
+            assert name in case.signature
+    assert checked >= 6

@@ -3,8 +3,9 @@
 The kernel takes the first-token rows as a strided [M, K] view of ``hidden_states`` (row stride =
 ``hidden_states.stride(0)``, column stride = ``hidden_states.stride(2)``), so the gather costs
 nothing and no [B, S, H] tensor is copied. ``weight`` is read in ``nn.Linear`` layout [N, K] through
-its strides. Accumulation is fp32 on tensor cores; bias and activation are applied to the fp32
-accumulator and the result is cast once, at the store, to the output dtype.
+its strides. Accumulation is fp32 on tensor cores, starting from the bias (fp16/bf16; fp32 adds it
+after the K loop); the activation is applied to the fp32 accumulator and the result is cast once,
+at the store, to the output dtype.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def dot_k_range(
     o_n,
     m_m,
     m_n,
+    acc,
     k_lo,
     k_hi,
     stride_xm,
@@ -133,20 +135,20 @@ def dot_k_range(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """sum over k in [k_lo, k_hi) of X[o_m, k] * W[o_n, k], fp32, in BLOCK_K chunks in K order.
+    """acc + sum over k in [k_lo, k_hi) of X[o_m, k] * W[o_n, k], fp32, in BLOCK_K chunks in K
+    order.
 
-    [BLOCK_M, BLOCK_N]; under SWAP_AB its transpose [BLOCK_N, BLOCK_M], computed as W @ X^T so
-    that the N tile fills the MMA's rows (wgmma needs 64 of them) when M is a handful of rows.
+    [BLOCK_M, BLOCK_N] (acc's shape); under SWAP_AB its transpose [BLOCK_N, BLOCK_M], computed as
+    W @ X^T so that the N tile fills the MMA's rows (wgmma needs 64 of them) when M is a handful of
+    rows.
     """
     o_k = k_lo + tl.arange(0, BLOCK_K)
     if SWAP_AB:
         p_w = w_ptr + o_n[:, None] * stride_wn + o_k[None, :] * stride_wk
         p_x = x_ptr + o_m[None, :] * stride_xm + o_k[:, None] * stride_xk
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         p_x = x_ptr + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
         p_w = w_ptr + o_n[None, :] * stride_wn + o_k[:, None] * stride_wk
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         m_k = (k0 + tl.arange(0, BLOCK_K)) < k_hi
         if SWAP_AB:
@@ -197,8 +199,9 @@ def pooled_tile(
     Shared by the pooler (which stores it) and the classifier head (which feeds it to a second
     GEMM), so both run the very same K loop. o_m / o_n are int64 offsets; m_m / m_n their bounds.
     """
+    acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS, False, BLOCK_M, BLOCK_N)
     acc = dot_k_range(
-        x_ptr, w_ptr, o_m, o_n, m_m, m_n, 0, K, stride_xm, stride_xk, stride_wn, stride_wk,
+        x_ptr, w_ptr, o_m, o_n, m_m, m_n, acc, 0, K, stride_xm, stride_xk, stride_wn, stride_wk,
         DOT_PRECISION, INTERPRETED_BF16, False, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     return bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
@@ -206,18 +209,51 @@ def pooled_tile(
 
 
 @triton.jit
+def bias_accumulator(
+    b_ptr, o_n, m_n, stride_b, HAS_BIAS: tl.constexpr, SWAP_AB: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The K sum's starting value: b[o_n] in fp32 on every row of the tile (N runs along the rows
+    under SWAP_AB) for fp16/bf16, zeros for fp32, without a bias or where m_n is False.
+
+    Why the sum starts from the bias: added in the epilogue, the bias load is the first thing a
+    program does after its last MMA, so each program waits one more memory latency (the bias is
+    as cold as the weight) at its end. Loaded here, it is in flight with the K loop's first
+    copies, and it costs no registers across the loop: the accumulator holds it. The bias is one
+    more term of the same fp32 sum, in a fixed place (first), so the error bound is unchanged.
+    Not for fp32: its FMA (or TF32) tiles hold their operands in registers, and the largest sit
+    at 255 of them, where an accumulator live before the K loop's prologue spills; there the K
+    loop is long and one latency is a small part of it. bias_and_activation adds it instead.
+    """
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if HAS_BIAS and b_ptr.dtype.element_ty != tl.float32:
+        acc = add_bias(acc, b_ptr, o_n, m_n, stride_b, SWAP_AB)
+    return acc
+
+
+@triton.jit
+def add_bias(acc, b_ptr, o_n, m_n, stride_b, SWAP_AB: tl.constexpr):
+    """acc + b[o_n] on every row of acc (N runs along acc's rows under SWAP_AB), in fp32."""
+    b = tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)
+    if SWAP_AB:
+        return acc + b[:, None]
+    else:
+        return acc + b[None, :]
+
+
+@triton.jit
 def bias_and_activation(
     acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     SWAP_AB: tl.constexpr, ROUNDED_TO: tl.constexpr,
 ):  # fmt: skip
-    """act(acc + b[o_n]) on the fp32 accumulator; N runs along acc's rows under SWAP_AB; the
-    result is next rounded to ROUNDED_TO, which sets how precise the activation must be."""
-    if HAS_BIAS:
-        b = tl.load(b_ptr + o_n * stride_b, mask=m_n, other=0.0).to(tl.float32)
-        if SWAP_AB:
-            acc += b[:, None]
-        else:
-            acc += b[None, :]
+    """act(acc + b[o_n]) on a K sum that started from bias_accumulator, whose bias it adds where
+    that did not (fp32); the result is next rounded to ROUNDED_TO, which sets how precise the
+    activation must be."""
+    if HAS_BIAS and b_ptr.dtype.element_ty == tl.float32:
+        acc = add_bias(acc, b_ptr, o_n, m_n, stride_b, SWAP_AB)
     return apply_activation(acc, ACTIVATION, ROUNDED_TO)
 
 
@@ -275,9 +311,14 @@ def pooler_fwd_kernel(
     k_run = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
     k_lo = i_s * k_run
     k_hi = tl.minimum(K, k_lo + k_run)
+    # split 0's partial starts from the bias, the others from zero: the bias is summed once
+    m_bias = m_n
+    if SPLIT_K > 1:
+        m_bias = o_n < tl.where(i_s == 0, N, 0)
+    acc = bias_accumulator(b_ptr, o_n, m_bias, stride_b, HAS_BIAS, SWAP_AB, BLOCK_M, BLOCK_N)
     acc = dot_k_range(
-        x_ptr, w_ptr, o_m, o_n, m_m, m_n, k_lo, k_hi, stride_xm, stride_xk, stride_wn, stride_wk,
-        DOT_PRECISION, INTERPRETED_BF16, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K,
+        x_ptr, w_ptr, o_m, o_n, m_m, m_n, acc, k_lo, k_hi, stride_xm, stride_xk, stride_wn,
+        stride_wk, DOT_PRECISION, INTERPRETED_BF16, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     # Where each accumulator element lives in the output and in a [M, N] workspace slice, in the
     # accumulator's own orientation (transposed under SWAP_AB), so no tl.trans is needed.
@@ -362,10 +403,11 @@ INTERPRETER_PROGRAMS = 3
 
 @triton.jit
 def dot_k_tma(
-    x_desc, w_desc, off_m, off_n, K, INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+    x_desc, w_desc, off_m, off_n, acc, K, INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip
-    """dot_k_range's plain sum over all of K, its X and W tiles copied by TMA from descriptors.
+    """dot_k_range's plain sum over all of K (from acc), its X and W tiles copied by TMA from
+    descriptors.
 
     The copy engine computes the addresses and zero-fills the rows past M (X) or N (W) and the
     columns past K, which is what the dot needs: no per-thread offsets or masks, and a stage's
@@ -373,7 +415,6 @@ def dot_k_tma(
     producer warp issues the copies and consumer warpgroups the MMAs, each waiting only on its
     own barriers (Triton's automatic warp specialization); the sum's K order is the same.
     """
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in tl.range(0, K, BLOCK_K, warp_specialize=WARP_SPECIALIZE):
         b_x = x_desc.load([off_m, k0])
         b_w = w_desc.load([off_n, k0])
@@ -392,13 +433,15 @@ def tma_output_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip
-    """Output tile (i_m, i_n) of the TMA kernel: the K sum, then the plain kernel's epilogue."""
-    acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, K, INTERPRETED_BF16, BLOCK_M,
-                    BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
-    o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """Output tile (i_m, i_n) of the TMA kernel: the plain kernel's K sum (from the bias) and
+    epilogue."""
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_m = o_m < M
     m_n = o_n < N
+    acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS, False, BLOCK_M, BLOCK_N)
+    acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, acc, K, INTERPRETED_BF16,
+                    BLOCK_M, BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
+    o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_m = o_m < M
     acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
                               out_ptr.dtype.element_ty)  # fmt: skip
     store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
@@ -922,9 +965,12 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
 #   * M >= 1024, where the H100 run (2026-11-26) found 128x128x64 w8 s3 slower than cuBLAS + tanh:
 #     K = 768 is only 12 chunks of 64, so each tile's pipeline fill/drain and epilogue weigh; a
 #     BLOCK_K of 128 halves the iterations (2 or 3 stages), a 4th stage hides more latency. Bigger
-#     tiles (128x256, 256x128, 64x256) halve the programs and reread X / W half as often; they
-#     compile spill-free on sm_90 but spill (or sit at 255 registers) on sm_80 under Triton 3.6,
-#     so they are sm_90-only candidates (ARCH_CANDIDATES below). So are the persistent ones (one
+#     tiles (128x256, 256x128) halve the programs and reread X / W half as often; they compile
+#     spill-free on sm_90 but spill (or sit at 255 registers) on sm_80 under Triton 3.6, so they
+#     are sm_90-only candidates (ARCH_CANDIDATES below). Dropped after five H100 tunes in which
+#     they were the slowest at every M tried (36-39 us at M = 8192 against 22-23): 128x128x64 w4
+#     s4 and 64x256x64 w4 s4, one warpgroup holding a 128x128 or 64x256 fp32 accumulator (255
+#     registers; both spill under Triton 3.6). So are the persistent ones (one
 #     program per SM looping over tiles, Triton tutorial 09's pattern: no tail wave, the next
 #     tile's loads can overlap this one's epilogue), which spill on sm_80 under Triton 3.9.
 #   * M >= 2048, after the second H100 run found bigger, deeper and persistent tiles all slower:
@@ -973,7 +1019,6 @@ _HALF_CANDIDATES = (
     (256, 8192, TileConfig(128, 64, 64, 4, 4)),
     (256, 8192, TileConfig(64, 128, 64, 4, 4)),
     (512, 8192, TileConfig(128, 128, 64, 8, 3)),
-    (512, 8192, TileConfig(128, 128, 64, 4, 4)),
     (1024, 8192, TileConfig(128, 128, 64, 8, 4)),
     (1024, 8192, TileConfig(128, 128, 128, 8, 2)),
     (1024, 8192, TileConfig(128, 128, 128, 8, 3)),
@@ -997,7 +1042,6 @@ TUNE_CANDIDATES = {
 _SM90_HALF_CANDIDATES = (
     (2048, 8192, TileConfig(128, 256, 64, 8, 3)),
     (2048, 8192, TileConfig(256, 128, 64, 8, 3)),
-    (1024, 8192, TileConfig(64, 256, 64, 4, 4)),
     # persistent (pooler_fwd_persistent_kernel): one program per SM, no wave tail; sm_80 spills
     (2048, 8192, TileConfig(128, 128, 64, 8, 4, persistent=True)),
     (2048, 8192, TileConfig(128, 128, 128, 8, 2, persistent=True)),

@@ -948,12 +948,16 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
 #     4, 6 or 12 (96-144 programs) at the cost of one fp32 partial per program and a fixed-order
 #     sum by the last one. SWAP_AB computes W @ X^T so the 64-wide N tile fills wgmma's 64 rows
 #     while M (1-32 rows) becomes the MMA's narrow side, instead of a 16-row mma.sync tile.
-#     Stages never exceed a split's K chunks (a pipeline longer than its loop buys nothing).
+#     A pipeline of S stages has S - 1 K chunks in flight ahead of the one being summed (the
+#     loop issues chunk i + S - 1 after chunk i has arrived), so a program's K loop waits
+#     ceil(chunks / (S - 1)) memory latencies, and one only with S = chunks + 1.
 #     The H100 runs priced split-K's reduction (a partial stored, an atomic ticket, the partials
 #     read back: a few L2 round trips on the critical path) at most of its gain (split 4: 4.83 us
-#     against 5.09 unsplit at M = 1). The other way to have the whole weight in flight at once is
-#     a deep prefetch with no reduction: 16x16 tiles (48 programs at H = 768) with BLOCK_K 256 and
-#     3 stages, or 128 and 4, put a program's whole 24 KB slice of W in flight in one latency.
+#     against 5.09 unsplit at M = 1). The other way to have more of the weight in flight is a
+#     deep prefetch with no reduction: 16x16 tiles (48 programs at H = 768) with BLOCK_K 256 and
+#     3 stages, or 128 and 4, wait two latencies for a program's 24 KB slice of W (3.99-4.02 us at
+#     M = 1 in the fifth run, against 4.22 for 16x32x128 s4, also two, and 5.10 for 16x32x64 s4,
+#     four: ~0.45 us a latency); with 4 or 7 stages, one.
 #   * 64 < M <= 1024: 64-row wgmma tiles (one warpgroup); 64x64 gives 24 programs at M = 128 and
 #     96 at M = 512, so split-K 2/4 and 64x32 tiles lift the small end to ~100-200 programs.
 #     Up to M ~ 1024 a program's time is its K loop's latency chain, not its arithmetic: 12
@@ -991,6 +995,9 @@ _HALF_CANDIDATES = (
     (1, 64, TileConfig(16, 32, 64, 4, 2, split_k=6)),
     (1, 64, TileConfig(16, 16, 256, 4, 3)),
     (1, 64, TileConfig(16, 16, 128, 4, 4)),
+    # after the sixth run, unmeasured: the two above with every K chunk in flight at once (48 KiB)
+    (1, 64, TileConfig(16, 16, 256, 4, 4)),
+    (1, 64, TileConfig(16, 16, 128, 4, 7)),
     (1, 256, TileConfig(16, 32, 128, 4, 4)),
     (1, 32, TileConfig(16, 64, 64, 4, 2, split_k=6, swap_ab=True)),
     (1, 32, TileConfig(16, 64, 64, 4, 1, split_k=12, swap_ab=True)),
@@ -1075,6 +1082,13 @@ _SM90_HALF_CANDIDATES = (
     (2048, 8192, TileConfig(128, 128, 64, 8, 3, tma=True, persistent=True)),
     (2048, 8192, TileConfig(128, 128, 64, 8, 4, tma=True, persistent=True)),
     (1024, 8192, TileConfig(64, 128, 64, 4, 4, tma=True, persistent=True)),
+    # after the sixth run, unmeasured: the mid-M winners (swapped 16x64x128 at M = 64-128, TMA
+    # 64x32x128 at 256-512, both 4 stages: two latencies for 6 chunks) with all 6 in flight, and
+    # a 64x64 TMA tile that does so in one wave at M = 512 (96 programs); 140-224 KiB of shared
+    # memory, one CTA per SM
+    (64, 256, TileConfig(16, 64, 128, 4, 7, swap_ab=True)),
+    (128, 256, TileConfig(64, 32, 128, 4, 7, tma=True)),
+    (256, 1024, TileConfig(64, 64, 128, 4, 7, tma=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},

@@ -971,12 +971,12 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
 #     BLOCK_K of 128 halves the iterations (2 or 3 stages), a 4th stage hides more latency. Bigger
 #     tiles (128x256, 256x128) halve the programs and reread X / W half as often; they compile
 #     spill-free on sm_90 but spill (or sit at 255 registers) on sm_80 under Triton 3.6, so they
-#     are sm_90-only candidates (ARCH_CANDIDATES below). Dropped after five H100 tunes in which
-#     they were the slowest at every M tried (36-39 us at M = 8192 against 22-23): 128x128x64 w4
-#     s4 and 64x256x64 w4 s4, one warpgroup holding a 128x128 or 64x256 fp32 accumulator (255
-#     registers; both spill under Triton 3.6). So are the persistent ones (one
-#     program per SM looping over tiles, Triton tutorial 09's pattern: no tail wave, the next
-#     tile's loads can overlap this one's epilogue), which spill on sm_80 under Triton 3.9.
+#     are sm_90-only candidates (ARCH_CANDIDATES below). So are the persistent ones (one program
+#     per SM looping over tiles, Triton tutorial 09's pattern: no tail wave, the next tile's loads
+#     can overlap this one's epilogue), which spill on sm_80 under Triton 3.9. Dropped after five
+#     H100 tunes in which they were the slowest at every M tried (36-39 us at M = 8192 against
+#     22-23): 128x128x64 w4 s4 and 64x256x64 w4 s4, one warpgroup holding a 128x128 or 64x256
+#     fp32 accumulator (255 registers; both spill under Triton 3.6).
 #   * M >= 2048, after the second H100 run found bigger, deeper and persistent tiles all slower:
 #     TMA loads (pooler_fwd_tma_kernel). The X rows are S * H elements apart, and the cp.async
 #     loop spends 80-106 integer, predicate and move instructions (PTX) and 11-15 cp.async per

@@ -189,18 +189,24 @@ def _ptxas_spills(ptx: str, arch: str, capability: int) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _cubin_resources(cubin: bytes, capability: int) -> dict[str, int]:
+def cuobjdump(cubin: bytes, capability: int, option: str) -> str:
+    """What the wheel's cuobjdump prints for a compiled kernel with ``option`` (e.g. "-sass")."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        cmd = [_nvidia_tool("cuobjdump", capability), "--dump-resource-usage", path]
+        cmd = [_nvidia_tool("cuobjdump", capability), option, path]
         run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"cuobjdump failed ({' '.join(cmd)}):\n{run.stderr.strip()}")
-    found = dict(re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", run.stdout))
+    return run.stdout
+
+
+def _cubin_resources(cubin: bytes, capability: int) -> dict[str, int]:
+    out = cuobjdump(cubin, capability, "--dump-resource-usage")
+    found = dict(re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", out))
     if "REG" not in found:
-        raise RuntimeError(f"no register count in cuobjdump output:\n{run.stdout.strip()}")
+        raise RuntimeError(f"no register count in cuobjdump output:\n{out.strip()}")
     return {k: int(v) for k, v in found.items()}
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -62,7 +60,7 @@ def _compile_and_read() -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from bertpool_fast.inspect_kernels import ARCHS, _ast_source, _nvidia_tool, compile_options
+    from bertpool_fast.inspect_kernels import ARCHS, _ast_source, compile_options, cuobjdump
     from bertpool_fast.kernels import pooler
     from bertpool_fast.kernels.inspection import TRITON_DTYPE
 
@@ -72,12 +70,7 @@ def _compile_and_read() -> dict:
         capability = ARCHS[arch]
         compiled = triton.compile(_ast_source(case), target=GPUTarget("cuda", capability, 32),
                                   options=compile_options(case))  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "kernel.cubin")
-            with open(path, "wb") as f:
-                f.write(compiled.asm["cubin"])
-            sass = subprocess.run([_nvidia_tool("cuobjdump", capability), "-sass", path],
-                                  capture_output=True, text=True, check=True).stdout  # fmt: skip
+        sass = cuobjdump(compiled.asm["cubin"], capability, "-sass")
         report[f"{case.name} {TRITON_DTYPE[dtype]} {arch}"] = bias_load_order(sass)
     return report
 

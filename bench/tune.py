@@ -20,8 +20,9 @@ On a GPU with programmatic dependent launch (sm_90 and later), each M's fastest 
 once more with ``pdl=True`` (a launch option: ``kernels/pooler.py``) and wins only if faster.
 
 Compiling is most of the cost (~1-2 s per config and dtype): ``--compile-jobs`` worker processes
-compile every candidate (and, where PDL is timed, its PDL form) first (each runs one launch at the largest M it is swept at, which fills
-Triton's on-disk cache, so this process then loads instead of compiling). A config whose launch
+compile every candidate first, and its PDL form where PDL is timed (each runs one launch at the
+largest M it is swept at, which fills Triton's on-disk cache, so this process then loads instead
+of compiling). A config whose launch
 has not returned by ``PRECOMPILE_DEADLINE_S`` is given up (its worker killed) and rejected unrun:
 a launch that never returns in this process would end the whole run. ``--budget-s`` bounds the
 run: with less than ``RESERVE_S`` of it left, each remaining M measures only eager and the

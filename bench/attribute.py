@@ -79,8 +79,8 @@ def lines_for(m: int, dtype: torch.dtype, arch: str, sets: Sets) -> list[tuple]:
     """(name, config label, call(i, out), reference(i) in float64, bytes, flops) per line."""
     import torch.nn.functional as F
 
-    from bertpool_fast.kernels.pooler import config_label, pick_config, pooler_fwd
-    from bertpool_fast.kernels.tiles import TileConfig
+    from bertpool_fast.kernels.pooler import pick_config, pooler_fwd
+    from bertpool_fast.kernels.tiles import TileConfig, config_label
 
     cfg = pick_config(m, dtype, False, arch)
     h = sets.w[0].shape[0]

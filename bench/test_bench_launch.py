@@ -190,7 +190,7 @@ def host_time_us(iters: int) -> dict[str, float]:
     w = torch.randn(H, H).half()
     bias = torch.randn(H).half()
     out = torch.empty(8, H, dtype=torch.float16)
-    saved_driver, saved_launch = driver._active, pooler._launch_pooler_fwd
+    saved_driver, saved_launch = driver._active, pooler.launch_pooler_fwd
     saved = ops._PLANS, ops._CPU_KERNEL, ops._remember_plan
     driver.set_active(_StandInDriver())
     launched, caches = {}, {}
@@ -211,7 +211,7 @@ def host_time_us(iters: int) -> dict[str, float]:
             cache.current_device = lambda: -1  # what get_device() says of CPU tensors
             cache.current_stream = lambda device: 0
             caches[name] = cache
-            pooler._launch_pooler_fwd = cache
+            pooler.launch_pooler_fwd = cache
             ops._PLANS = {}
             ops._remember_plan = remember if name == "planned" else _no_plan
             for _ in range(3):  # miss, then hits
@@ -224,7 +224,7 @@ def host_time_us(iters: int) -> dict[str, float]:
         # interleaved rounds, minimum per path: this is host time, and other processes only add
         for _ in range(9):
             for name, cache in caches.items():
-                pooler._launch_pooler_fwd = cache
+                pooler.launch_pooler_fwd = cache
                 ops._PLANS = plans if name == "planned" else {}
                 call = calls[name]
                 t0 = time.perf_counter()
@@ -233,7 +233,7 @@ def host_time_us(iters: int) -> dict[str, float]:
                 rounds[name].append((time.perf_counter() - t0) * 1e6 / iters)
     finally:
         driver._active = saved_driver
-        pooler._launch_pooler_fwd = saved_launch
+        pooler.launch_pooler_fwd = saved_launch
         ops._PLANS, ops._CPU_KERNEL, ops._remember_plan = saved
     results = {name: min(r) for name, r in rounds.items()}
     # the launchers computed their grids with triton.cdiv before (two calls for the pooler)
@@ -342,7 +342,7 @@ def test_tma_launch_cost(request, bench_results, batch):
     the kept encoded descriptors; rows at a new address each call encode them), fp16, timed
     interleaved. At B = 64 the launches are host-bound, so the differences are the descriptors'
     host cost."""
-    from bertpool_fast.kernels import pooler
+    from bertpool_fast.kernels import pooler, pooler_plan
     from bertpool_fast.kernels.tiles import TileConfig
 
     enabled = benchmark_enabled(request.config) and harness.HAS_CUDA
@@ -372,7 +372,7 @@ def test_tma_launch_cost(request, bench_results, batch):
         for name, cfg in tiles.items():  # each tile's launch is cached by the calls above
             pooler.pick_config = lambda m, dtype, bi, arch, c=cfg: c
             try:
-                plans[name] = pooler.plan_pooler_fwd(h, w, b, "tanh")
+                plans[name] = pooler_plan.plan_pooler_fwd(h, w, b, "tanh")
             finally:
                 pooler.pick_config = real_pick
             assert plans[name] is not None and plans[name].run(h, w, b) is not None, name
@@ -381,8 +381,8 @@ def test_tma_launch_cost(request, bench_results, batch):
         # between two buffers reuse them; rows at one more address than it keeps, in turn, are
         # encoded on every call (views of one buffer, rows apart: the same layout and alignment)
         h2 = h.clone()
-        spread = torch.randn(batch + pooler._KEPT_ROWS, SEQ, hidden, device=device).half()
-        views = [spread[j : j + batch] for j in range(pooler._KEPT_ROWS + 1)]
+        spread = torch.randn(batch + pooler_plan.KEPT_ROWS, SEQ, hidden, device=device).half()
+        views = [spread[j : j + batch] for j in range(pooler_plan.KEPT_ROWS + 1)]
         turn = iter(range(1 << 62))
         tma_plan = plans["tma"]
         contestants = {

@@ -14,8 +14,7 @@ import torch
 
 from bench import tune
 from bertpool_fast.kernels import pooler_tables
-from bertpool_fast.kernels.pooler import config_label
-from bertpool_fast.kernels.tiles import TileConfig
+from bertpool_fast.kernels.tiles import TileConfig, config_label
 
 
 def _load(path: str):
@@ -127,7 +126,7 @@ def test_a_spent_budget_still_times_eager_and_the_current_pick(tmp_path):
 
 def test_every_candidate_renders_to_itself():
     # the table module is source: a written config (persistent, split, swap) must read back equal
-    from bertpool_fast.kernels.pooler import ARCH_CANDIDATES, tune_candidates
+    from bertpool_fast.kernels.pooler_candidates import ARCH_CANDIDATES, tune_candidates
 
     for arch in ("default", *ARCH_CANDIDATES):
         for dtype in (torch.float16, torch.bfloat16, torch.float32):

@@ -2,7 +2,7 @@
 tile table into ``kernels/pooler_tables.py``.
 
 For each dtype and each M of ``BATCHES`` (H = 768, S = 128 ``hidden_states``, so the rows the kernel
-reads are strided as in BERT), every candidate of ``kernels.pooler.TUNE_CANDIDATES`` whose M range
+reads are strided as in BERT), every candidate of ``kernels.pooler_candidates.TUNE_CANDIDATES`` whose M range
 covers that M, plus the table's current pick, is
 
   1. checked against a float64 reference (twice, into NaN-filled outputs: an element left unwritten,
@@ -124,7 +124,7 @@ def time_call(call, n: int, dry_run: bool) -> harness.Timing:
 
 
 def candidates_at(m: int, dtype: torch.dtype, dry_run: bool, arch: str = "default") -> list:
-    from bertpool_fast.kernels.pooler import tune_candidates
+    from bertpool_fast.kernels.pooler_candidates import tune_candidates
 
     candidates = tune_candidates(dtype, arch)  # this architecture's own candidates included
     if dry_run:  # one plain, one split-K, one swap-AB candidate: every kernel branch
@@ -208,8 +208,8 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
     unrun)."""
     import torch.nn.functional as F
 
-    from bertpool_fast.kernels.pooler import arch_has_pdl, config_label, pick_config
-    from bertpool_fast.kernels.tiles import TileConfig
+    from bertpool_fast.kernels.pooler import arch_has_pdl, pick_config
+    from bertpool_fast.kernels.tiles import TileConfig, config_label
 
     device = "cuda" if harness.HAS_CUDA else "cpu"
     results = []

@@ -298,7 +298,7 @@ def _needs_grad(hidden_states, weight, bias) -> bool:
     )
 
 
-# Launches worked out once (kernels.pooler.PoolerPlan) per weight tensor and batch size:
+# Launches worked out once (kernels.pooler_plan.PoolerPlan) per weight tensor and batch size:
 # id(weight) -> (weak reference to the weight, {M: plan}). Nothing holds the weight or bias alive;
 # the entry goes with the weight. A serving loop sees a handful of batch sizes per weight; past
 # _PLANS_PER_WEIGHT distinct ones the oldest are forgotten.

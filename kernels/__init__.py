@@ -7,7 +7,7 @@ Installed, this folder is the subpackage ``bertpool_fast.kernels``.
 from .activations import ACTIVATIONS
 from .classifier_head import HEAD_CONFIGS, classifier_head_fwd, classifier_head_fwd_kernel
 from .masked_pool import POOL_CONFIGS, POOL_MODES, masked_pool_fwd, masked_pool_fwd_kernel
-from .pooler import POOLER_CONFIGS, pick_config, plan_pooler_fwd, pooler_fwd, pooler_fwd_kernel
+from .pooler import POOLER_CONFIGS, pick_config, pooler_fwd, pooler_fwd_kernel
 from .pooler_bwd import (
     BWD_ACTIVATIONS,
     DW_CONFIGS,
@@ -17,6 +17,7 @@ from .pooler_bwd import (
     pooler_bwd_dx,
     pooler_bwd_dx_kernel,
 )
+from .pooler_plan import plan_pooler_fwd
 from .runtime import interpreter_enabled
 from .tiles import TileConfig, pick_tile
 

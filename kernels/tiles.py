@@ -29,6 +29,16 @@ class TileConfig(NamedTuple):
     pdl: bool = False
 
 
+def config_label(cfg: TileConfig) -> str:
+    """A config in a few characters: 64x32x64 w4 s3 k4 swap."""
+    label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+    if cfg.split_k > 1:
+        label += f" k{cfg.split_k}"
+    label += (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
+    label += (" tma" if cfg.tma else "") + (" ws" if cfg.warp_specialize else "")
+    return label + (" pdl" if cfg.pdl else "")
+
+
 # A table is a tuple of (largest M the row serves, config), in increasing M, the last row's bound
 # None (every larger M). The lookup is a pure function of M, so it costs nothing worth caching
 # beyond the launcher's own lru_cache, never benchmarks at first call, and is the same every run.

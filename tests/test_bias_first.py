@@ -37,7 +37,7 @@ def _cases():
     # on, and one tile of each kernel branch (the PDL inspection tiles, without PDL)
     import torch
 
-    from bertpool_fast.kernels import pooler
+    from bertpool_fast.kernels import pooler, pooler_candidates
 
     seen, cases = set(), []
 
@@ -50,7 +50,7 @@ def _cases():
         for dtype in (torch.float16, torch.bfloat16):
             for _, cfg in pooler.POOLER_TABLES[table][dtype]:
                 add(arch, dtype, cfg)
-    for cfg in pooler.PDL_INSPECTION_TILES:
+    for cfg in pooler_candidates.PDL_INSPECTION_TILES:
         add("sm_90", torch.float16, cfg._replace(pdl=False))
     return cases
 
@@ -61,12 +61,13 @@ def _compile_and_read() -> dict:
     from triton.backends.compiler import GPUTarget
 
     from bertpool_fast.inspect_kernels import ARCHS, _ast_source, compile_options, cuobjdump
-    from bertpool_fast.kernels import pooler
     from bertpool_fast.kernels.inspection import TRITON_DTYPE
+    from bertpool_fast.kernels.pooler_candidates import inspection_case
+    from bertpool_fast.kernels.tiles import config_label
 
     report = {}
     for arch, dtype, cfg in _cases():
-        case = pooler._case(pooler.config_label(cfg), dtype, cfg, {})
+        case = inspection_case(config_label(cfg), dtype, cfg, {})
         capability = ARCHS[arch]
         compiled = triton.compile(_ast_source(case), target=GPUTarget("cuda", capability, 32),
                                   options=compile_options(case))  # fmt: skip

@@ -16,7 +16,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertpool_fast.kernels import classifier_head, masked_pool, pooler, pooler_bwd
+from bertpool_fast.kernels import (
+    classifier_head,
+    masked_pool,
+    pooler,
+    pooler_bwd,
+    pooler_candidates,
+)
 from bertpool_fast.kernels.activations import ACTIVATIONS
 from bertpool_fast.kernels.tiles import TileConfig
 from conftest import HAS_CUDA, KERNEL_DEVICE, assert_close_rel, gemm_error_bound, poisoned, randn
@@ -29,7 +35,7 @@ def shipped_pooler_configs() -> list[tuple[torch.dtype, TileConfig, str]]:
     and the batch-invariant one), from the module itself. Tuning candidates are not shipped:
     python -m bench.tune checks each on the GPU before it can enter a table."""
     seen, out = set(), []
-    for case in pooler.inspection_cases():
+    for case in pooler_candidates.inspection_cases():
         if case.tags.get("table") == "candidate":
             continue
         cfg = case.tags["config"]  # the TileConfig itself (split-K, swap-AB, persistent kept)

@@ -22,8 +22,7 @@ import pytest
 
 from bertpool_fast.inspect_kernels import ARCHS, InspectResult, discover_cases
 from bertpool_fast.kernels.inspection import TRITON_DTYPE
-from bertpool_fast.kernels.pooler import config_label
-from bertpool_fast.kernels.tiles import TileConfig
+from bertpool_fast.kernels.tiles import TileConfig, config_label
 
 
 def _kernel_name(case) -> str:
@@ -225,7 +224,7 @@ def test_pooler_cases_are_compiled_as_a_bert_call_launches_them(cfg):
     # scalar (130 registers in the large TMA tile, 99 as launched). M is do_not_specialize.
     import torch
 
-    from bertpool_fast.kernels import pooler
+    from bertpool_fast.kernels import pooler, pooler_candidates
 
     hidden = torch.randn(4, 3, 768, dtype=torch.float16)  # [B, S, H]: rows S * H apart
     x, weight = hidden[:, 0], torch.randn(768, 768, dtype=torch.float16)
@@ -234,8 +233,8 @@ def test_pooler_cases_are_compiled_as_a_bert_call_launches_them(cfg):
         launch, _, args, _ = pooler._tma_launch_args(x, weight, bias, "tanh", out, cfg, (24, 1),
                                                      x.stride(0), weight.stride(0), False)  # fmt: skip
     else:
-        launch, _, args, _ = pooler._launch_args(x, weight, bias, "tanh", out, cfg, x.device)
-    case = pooler._case("x", torch.float16, cfg, {})
+        launch, _, args, _ = pooler.launch_args(x, weight, bias, "tanh", out, cfg, x.device)
+    case = pooler_candidates.inspection_case("x", torch.float16, cfg, {})
     checked = 0
     for name, value in zip(launch.kernel.arg_names, args):
         if name == "M" or not isinstance(value, (int, torch.Tensor)):

@@ -316,8 +316,8 @@ def test_installed_triton_launcher_protocol_is_known():
 def test_every_launcher_goes_through_a_cache():
     from bertpool_fast.kernels import classifier_head, masked_pool, pooler, pooler_bwd
 
-    caches = [pooler._launch_pooler_fwd, pooler._launch_pooler_fwd_persistent,
-              pooler._launch_pooler_fwd_tma, classifier_head._launch_head_fwd,
+    caches = [pooler.launch_pooler_fwd, pooler.launch_pooler_fwd_persistent,
+              pooler.launch_pooler_fwd_tma, classifier_head._launch_head_fwd,
               classifier_head._launch_head_split, classifier_head._launch_head_reduce,
               masked_pool._launch_masked_pool, masked_pool._launch_l2_normalize_kernel,
               pooler_bwd._launch_dx, pooler_bwd._launch_dw]  # fmt: skip
@@ -361,7 +361,7 @@ def _both_paths(cache, fn):
 def test_cached_pooler_is_bitwise_tritons(dtype, batch, layout):
     from bertpool_fast.kernels import pooler
 
-    assert pooler._launch_pooler_fwd.enabled, "the cache is off on this GPU: protocol check failed"
+    assert pooler.launch_pooler_fwd.enabled, "the cache is off on this GPU: protocol check failed"
     for device in _devices():
         g = torch.Generator(device=device).manual_seed(batch)
         h = 768
@@ -377,9 +377,9 @@ def test_cached_pooler_is_bitwise_tritons(dtype, batch, layout):
             weight = torch.randn(h, 2 * h, device=device, dtype=dtype, generator=g)[:, ::2]
         # the cache of the launcher this call takes: the table's tile may be a TMA one, whose
         # launches have their own cache (a layout no descriptor can describe takes pointers)
-        config = pooler.pick_config(batch, dtype, False, pooler._device_arch(device))
+        config = pooler.pick_config(batch, dtype, False, pooler.device_arch(device))
         out = torch.empty(batch, h, device=device, dtype=dtype)
-        cache = pooler._launch_args(x, weight, bias, "tanh", out, config, device)[0]
+        cache = pooler.launch_args(x, weight, bias, "tanh", out, config, device)[0]
         first, second, plain = _both_paths(
             cache, partial(pooler.pooler_fwd, x, weight, bias, "tanh")
         )

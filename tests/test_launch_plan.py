@@ -1,4 +1,4 @@
-"""Prepared pooler launches (``kernels.pooler.PoolerPlan``, used by ``ops.pooler_inference``).
+"""Prepared pooler launches (``kernels.pooler_plan.PoolerPlan``, used by ``ops.pooler_inference``).
 
 After the first inference call of a weight at a batch size, later calls run a plan: a few
 comparisons instead of the table lookup and the launch cache's key. A plan must run only for a
@@ -144,11 +144,11 @@ def stand_in(monkeypatch):
     floating-point outputs NaN-filled."""
     monkeypatch.setattr(torch, "empty", _poisoned_empty(torch.empty))
     cache = _computing_cache()
-    monkeypatch.setattr(pooler, "_launch_pooler_fwd", cache)
+    monkeypatch.setattr(pooler, "launch_pooler_fwd", cache)
     cache.persistent = _computing_cache(_stand_in_persistent)
-    monkeypatch.setattr(pooler, "_launch_pooler_fwd_persistent", cache.persistent)
+    monkeypatch.setattr(pooler, "launch_pooler_fwd_persistent", cache.persistent)
     cache.tma = _computing_cache(_stand_in_tma)
-    monkeypatch.setattr(pooler, "_launch_pooler_fwd_tma", cache.tma)
+    monkeypatch.setattr(pooler, "launch_pooler_fwd_tma", cache.tma)
     monkeypatch.setattr(ops, "_PLANS", {})
     calls = []
     real = pooler.pooler_fwd
@@ -639,8 +639,8 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
             # the same rows three times: a TMA plan's Triton launch (or the full path), its
             # recording of the encoded descriptors, then the kept ones
             outs = [ops.pooler_inference(hidden, weight, bias, "tanh") for _ in range(3)]
-            launchers = (pooler._launch_pooler_fwd, pooler._launch_pooler_fwd_persistent,
-                         pooler._launch_pooler_fwd_tma)  # fmt: skip
+            launchers = (pooler.launch_pooler_fwd, pooler.launch_pooler_fwd_persistent,
+                         pooler.launch_pooler_fwd_tma)  # fmt: skip
             for launcher in launchers:
                 launcher.enabled = False
             try:

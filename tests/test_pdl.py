@@ -47,12 +47,13 @@ def _compile_and_read() -> dict:
     from triton.backends.compiler import GPUTarget
 
     from bertpool_fast.inspect_kernels import _ast_source, compile_options
-    from bertpool_fast.kernels import pooler
+    from bertpool_fast.kernels.pooler_candidates import PDL_INSPECTION_TILES, inspection_case
+    from bertpool_fast.kernels.tiles import config_label
 
     report = {}
-    tiles = [*pooler.PDL_INSPECTION_TILES, pooler.PDL_INSPECTION_TILES[0]._replace(pdl=False)]
+    tiles = [*PDL_INSPECTION_TILES, PDL_INSPECTION_TILES[0]._replace(pdl=False)]
     for cfg in tiles:
-        case = pooler._case(pooler.config_label(cfg), torch.float16, cfg, {})
+        case = inspection_case(config_label(cfg), torch.float16, cfg, {})
         compiled = triton.compile(_ast_source(case), target=GPUTarget("cuda", 90, 32),
                                   options=compile_options(case))  # fmt: skip
         ptx = compiled.asm["ptx"]

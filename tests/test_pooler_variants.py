@@ -12,22 +12,23 @@ from bertpool_fast.kernels import pooler as pooler_module
 from bertpool_fast.kernels import pooler_tables
 from bertpool_fast.kernels.pooler import (
     _SPLIT_K_SCRATCH,
-    ARCH_CANDIDATES,
     BATCH_INVARIANT_CONFIGS,
     DTYPE_NAMES,
     POOLER_TABLES,
-    TUNE_CANDIDATES,
     arch_has_pdl,
     arch_key,
-    config_label,
-    inspection_cases,
     pick_config,
     pooler_fwd,
     table_arch,
+)
+from bertpool_fast.kernels.pooler_candidates import (
+    ARCH_CANDIDATES,
+    TUNE_CANDIDATES,
+    inspection_cases,
     tune_candidates,
     wgmma_shaped,
 )
-from bertpool_fast.kernels.tiles import TileConfig
+from bertpool_fast.kernels.tiles import TileConfig, config_label
 from conftest import HAS_CUDA, KERNEL_DEVICE, assert_close_rel, poisoned, randn
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -242,8 +243,9 @@ def test_a_pdl_launch_reads_what_the_kernel_before_it_wrote_gpu(dtype):
 
 
 def test_candidates_are_wgmma_shaped_where_they_claim():
-    # The reasoning in kernels/pooler.py: every half-precision candidate with 64 MMA rows runs in
-    # whole warpgroups, and only 16- and 32-row non-swapped tiles fall back to mma.sync.
+    # The reasoning in kernels/pooler_candidates.py: every half-precision candidate with 64 MMA
+    # rows runs in whole warpgroups, and only 16- and 32-row non-swapped tiles fall back to
+    # mma.sync.
     for dtype in (torch.float16, torch.bfloat16):
         for _lo, _hi, cfg in tune_candidates(dtype, "sm90"):
             rows = cfg.block_n if cfg.swap_ab else cfg.block_m
@@ -314,8 +316,8 @@ def test_persistent_result_does_not_depend_on_the_grid_interpreter(dtype, tma, m
     cfg = TileConfig(16, 32, 32, 4, 2, persistent=True, tma=tma)
     plain = run_checked(hidden, weight, bias, cfg._replace(persistent=False))
     assert_close_rel(plain, reference64(hidden, weight, bias), dtype)
-    tma_launch = LaunchSpy(pooler_module._launch_pooler_fwd_tma)
-    monkeypatch.setattr(pooler_module, "_launch_pooler_fwd_tma", tma_launch)
+    tma_launch = LaunchSpy(pooler_module.launch_pooler_fwd_tma)
+    monkeypatch.setattr(pooler_module, "launch_pooler_fwd_tma", tma_launch)
     try:
         for programs in (1, 4, 7, 64):
             monkeypatch.setattr(pooler_module, "INTERPRETER_PROGRAMS", programs)
@@ -364,10 +366,10 @@ class LaunchSpy:
 @pytest.fixture
 def spies(monkeypatch):
     """(TMA launches, pointer-kernel launches), counted."""
-    tma = LaunchSpy(pooler_module._launch_pooler_fwd_tma)
-    plain = LaunchSpy(pooler_module._launch_pooler_fwd)
-    monkeypatch.setattr(pooler_module, "_launch_pooler_fwd_tma", tma)
-    monkeypatch.setattr(pooler_module, "_launch_pooler_fwd", plain)
+    tma = LaunchSpy(pooler_module.launch_pooler_fwd_tma)
+    plain = LaunchSpy(pooler_module.launch_pooler_fwd)
+    monkeypatch.setattr(pooler_module, "launch_pooler_fwd_tma", tma)
+    monkeypatch.setattr(pooler_module, "launch_pooler_fwd", plain)
     return tma, plain
 
 
@@ -489,7 +491,7 @@ def test_launch_path_descriptor_is_tritons_descriptor():
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     x = randn(4, 2, 96, dtype=torch.bfloat16)
-    fast = pooler_module._descriptor(x, [4, 96], [192, 1], [64, 64])
+    fast = pooler_module.tensor_descriptor(x, [4, 96], [192, 1], [64, 64])
     real = TensorDescriptor(x, [4, 96], [192, 1], [64, 64])
     assert type(fast) is TensorDescriptor and vars(fast).keys() == vars(real).keys()
     assert fast.base is x and all(vars(fast)[k] == vars(real)[k] for k in vars(real) if k != "base")

@@ -91,6 +91,16 @@ def pick_dw_config(m: int, dtype: torch.dtype) -> TileConfig:
 
 
 @triton.jit
+def load_dy_y(p_dy, p_y, mask, ACTIVATION: tl.constexpr):
+    """A tile of dY and of the saved output y, what activation_grad takes (identity never reads
+    y). Masked lanes load dY = 0, hence dZ = 0 for every activation: they add nothing."""
+    b_dy = tl.load(p_dy, mask=mask, other=0.0)
+    if ACTIVATION == "identity":
+        return b_dy, b_dy  # y never read by activation_grad
+    return b_dy, tl.load(p_y, mask=mask, other=0.0)
+
+
+@triton.jit
 def pooler_bwd_dx_kernel(
     dy_ptr,  # [M, N] incoming gradient (or dZ itself with ACTIVATION="identity")
     y_ptr,  # [M, N] saved forward output (unused for identity)
@@ -131,12 +141,7 @@ def pooler_bwd_dx_kernel(
     for n0 in range(0, N, BLOCK_N):
         m_n = (n0 + o_n) < N
         m_mn = m_m[:, None] & m_n[None, :]
-        # masked lanes load dY = 0, hence dZ = 0 for every activation: they add nothing
-        b_dy = tl.load(p_dy, mask=m_mn, other=0.0)
-        if ACTIVATION == "identity":
-            b_y = b_dy  # never read by activation_grad
-        else:
-            b_y = tl.load(p_y, mask=m_mn, other=0.0)
+        b_dy, b_y = load_dy_y(p_dy, p_y, m_mn, ACTIVATION)
         b_w = tl.load(p_w, mask=m_n[:, None] & m_k[None, :], other=0.0)
         # dZ rounded to the operand dtype, as eager's tanh_backward output is
         b_dz = activation_grad(b_dy, b_y, ACTIVATION)
@@ -203,11 +208,7 @@ def pooler_bwd_dw_kernel(
     for m0 in range(0, M, BLOCK_M):
         m_m = (m0 + o_m) < M
         m_nm = m_n[:, None] & m_m[None, :]
-        b_dy = tl.load(p_dy, mask=m_nm, other=0.0)
-        if ACTIVATION == "identity":
-            b_y = b_dy  # never read by activation_grad
-        else:
-            b_y = tl.load(p_y, mask=m_nm, other=0.0)
+        b_dy, b_y = load_dy_y(p_dy, p_y, m_nm, ACTIVATION)
         b_dz = activation_grad(b_dy, b_y, ACTIVATION)
         if HAS_DB:
             # from the fp32 dZ, before it is rounded for the dot; every K tile computes it (a row

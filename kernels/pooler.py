@@ -59,16 +59,17 @@ POOLER_CONFIGS = POOLER_TABLES["default"]
 # whole warpgroups, so one instruction family serves every batch on each architecture (wgmma on
 # sm_90, mma.sync on sm_80; fp32 with "ieee" precision is plain FMA in K order on both).
 # Cost: at M <= 64 the tile carries up to 63 masked rows. Those rows are never loaded from memory,
-# and at that size the op is bound by the weight read, so the predicted cost is small; the benchmark
-# measures it ("triton_bi" against "triton").
+# and at that size the op is bound by the weight read. Which tile up to M = 1024: the one with the
+# most programs. The fifth H100 run timed these very tiles (as tuning candidates, fp16/bf16): 64x32
+# 5.4 us at M = 64-256, 6.0 at 512, 7.5 at 1024; 64x64 6.1, 6.2, 7.6; 128x128 10.4-10.6 at
+# 512-1024 (24-48 programs), where the first table (64x64 to M = 256, then 128x128) cost 78% over
+# the default tiles at B = 512. The benchmark measures the cost ("triton_bi" against "triton").
 _HALF_INVARIANT_CONFIGS = (
-    (64, TileConfig(64, 32, 64, 4, 4)),
-    (256, TileConfig(64, 64, 64, 4, 4)),
+    (1024, TileConfig(64, 32, 64, 4, 4)),
     (None, TileConfig(128, 128, 64, 8, 3)),
 )
 _FP32_INVARIANT_CONFIGS = (
-    (64, TileConfig(64, 32, 32, 4, 4)),
-    (256, TileConfig(64, 64, 32, 4, 4)),
+    (1024, TileConfig(64, 32, 32, 4, 4)),
     (None, TileConfig(128, 128, 32, 8, 3)),
 )
 BATCH_INVARIANT_CONFIGS = {

@@ -32,8 +32,14 @@ from .tiles import TileConfig, pick_tile
 # No autotuning at run time: the choice is a pure function of (M, dtype, the device's compute
 # capability), so it costs nothing on the launch path, never benchmarks at first call, and two runs
 # always pick the same tiles. The hand-written default table's reasoning:
-#   * M <= 16 (the common inference case): one M tile and a narrow N tile, so the weight read
+#   * M <= 64 (the common inference case): 16-row tiles and a narrow N tile, so the weight read
 #     (the whole cost at small batch) is spread over N / 32 programs: 24 for H = 768, 128 for 4096.
+#   * fp16/bf16 up to M = 1024: 64x32 tiles, as many programs as the 64-row wgmma tile allows
+#     (96 at M = 256, 384 at 1024 for H = 768); 128x128 above. Three H100 tunes timed these tiles
+#     (pointer loads, fp16): 16x32 5.0 us at M = 64 against 6.3 for the 32x64 tile once there;
+#     64x32 5.4 at M = 128-256, 6.0 at 512, 7.4 at 1024, against 6.0-7.6 for 64x64 and 10.4-10.6
+#     for 128x128 at 512-1024 (24-48 programs). On other GPUs the same count of programs is the
+#     reason, unmeasured.
 #   * block_k is the same in every row of a dtype's table, so the K reduction runs in the same
 #     order whatever the batch (batch invariance needs more than that; see below).
 #   * fp32 tiles are half as deep in K: same bytes per stage as fp16, and sm_80's 164 KiB of shared

@@ -46,14 +46,16 @@ def _grid() -> list[tuple[str, int, int, str]]:
               ("bf16", 1024), ("fp32", 1024)]  # fmt: skip
     cheap = ("eager", "triton", "triton_bi", "addmm_tanh")
     # Tiers, so a budget cut drops the least important cases: the target cases' cheap contestants,
-    # then their torch.compile runs, then the other shapes; max-autotune (tens of seconds of
-    # autotuning per shape) elsewhere only with BENCH_FULL=1.
-    tiers = [(targets, cheap), (targets, ("compile",)), (targets, ("compile_max_autotune",)),
-             (others, cheap), (others, ("compile",))]  # fmt: skip
+    # then max-autotune (a target; tens of seconds of autotuning per shape, so elsewhere only with
+    # BENCH_FULL=1) largest batch first, both dtypes a batch, since the small batches were the
+    # ones earlier runs reached; then the default torch.compile, then the other shapes.
+    by_dtype = [(d, h, b, c) for d, h in targets for c in cheap for b in batches]
+    autotune = [(d, h, b, "compile_max_autotune") for b in reversed(batches) for d, h in targets]
+    tiers = [(targets, ("compile",)), (others, cheap), (others, ("compile",))]
     if full:
         tiers.append((others, ("compile_max_autotune",)))
-    return [(d, h, b, c) for shapes, contestants in tiers for d, h in shapes
-            for c in contestants for b in batches]  # fmt: skip
+    return by_dtype + autotune + [(d, h, b, c) for shapes, contestants in tiers for d, h in shapes
+                                  for c in contestants for b in batches]  # fmt: skip
 
 
 # Seconds a case may need beyond its timing (compiling, autotuning); it is skipped when the budget

@@ -168,13 +168,19 @@ def test_every_kernel_module_is_discovered():
 
 
 def test_cli_prints_a_table(inspected):
-    run = _run_inspect("--arch", "sm_90", "--dtype", "bf16", "--kernel", "pooler_fwd bf16 M<=16")
+    import torch
+
+    from bertpool_fast.kernels.pooler import POOLER_TABLES
+
+    # the default table's first bf16 row, a 16-row mma tile
+    name = f"pooler_fwd bf16 M<={POOLER_TABLES['default'][torch.bfloat16][0][0]}"
+    run = _run_inspect("--arch", "sm_90", "--dtype", "bf16", "--kernel", name)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[1].split()[:3] == ["config", "arch", "regs"]
-    row = [ln for ln in lines if ln.startswith("pooler_fwd bf16 M<=16 ")]
+    row = [ln for ln in lines if ln.startswith(name + " ")]
     assert len(row) == 1 and " sm_90 " in row[0]
-    expected = inspected[("pooler_fwd bf16 M<=16", "sm_90")]
+    expected = inspected[(name, "sm_90")]
     assert f" {expected['registers']} " in row[0] and row[0].rstrip().endswith("mma")
     assert "CTAs/SM" in lines[1] and re.search(r" \d+ \((regs|smem|warps|ctas)", row[0])
 

@@ -14,6 +14,19 @@ from . import pooler
 from .descriptor_launch import EncodedDescriptorLaunch
 from .pooler import TMA_MAX_STRIDE, split_k_scratch, tensor_descriptor
 
+# Row addresses whose encoded maps a TMA plan keeps (and that it remembers as seen once). In a
+# model loop the last hidden states of one call are usually still alive (returned to the caller)
+# while the next call's are made, so consecutive calls alternate between two addresses or more.
+KEPT_ROWS = 4
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    # what the kernel reads of a weight or bias: its memory, element type and layout
+    return (t.data_ptr(), t.dtype, t.shape, t.stride())
+
+
+_I32_MAX = (1 << 31) - 1
+
 
 def plan_pooler_fwd(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str
@@ -176,17 +189,3 @@ class PoolerPlan:
         if recorded:
             self.kept_maps = ((key, recorded), *kept[: KEPT_ROWS - 1])
         return out
-
-
-# Row addresses whose encoded maps a TMA plan keeps (and that it remembers as seen once). In a
-# model loop the last hidden states of one call are usually still alive (returned to the caller)
-# while the next call's are made, so consecutive calls alternate between two addresses or more.
-KEPT_ROWS = 4
-
-
-def _tensor_key(t: torch.Tensor) -> tuple:
-    # what the kernel reads of a weight or bias: its memory, element type and layout
-    return (t.data_ptr(), t.dtype, t.shape, t.stride())
-
-
-_I32_MAX = (1 << 31) - 1

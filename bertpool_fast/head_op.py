@@ -39,9 +39,9 @@ def fused_classifier_head(
 
     hidden_states: [B, S, H] any strides; weight: [N, H]; classifier_weight: [L, N]. One launch for
     L <= 128 labels and B <= FUSED_HEAD_MAX_BATCH (pooled rows rounded to the input dtype on chip,
-    as eager rounds them); otherwise ``fused_pooler`` with this ``backend`` (under "auto", float32
-    on a GPU goes to cuBLAS) then ``F.linear``, which measured faster. Forward only: with grad
-    recorded it runs eagerly.
+    as eager rounds them); otherwise ``fused_pooler`` with this ``backend`` then ``F.linear``,
+    which measured faster. Under "auto", float32 on a GPU runs eager's computation (cuBLAS), as
+    the pooler's does. Forward only: with grad recorded it runs eagerly.
     Returns [B, L] in the input dtype. Under ``torch.autocast`` the inputs are first cast as the two
     eager ``nn.Linear`` calls cast theirs (only the first-token rows of ``hidden_states``), so the
     logits have the autocast dtype, as eager's do.
@@ -54,7 +54,8 @@ def fused_classifier_head(
     validate_head_args(
         hidden_states, weight, bias, classifier_weight, classifier_bias, activation, backend
     )
-    chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype)
+    # float32 on a GPU under "auto": cuBLAS, as for the pooler (its FMA tile is the same kind)
+    chosen = resolve_backend(backend, hidden_states.device, hidden_states.dtype, gemm=True)
     needs_grad = torch.is_grad_enabled() and (
         hidden_states.requires_grad
         or weight.requires_grad
@@ -67,8 +68,7 @@ def fused_classifier_head(
             hidden_states[:, 0], weight, bias, classifier_weight, classifier_bias, activation
         )
     if classifier_weight.shape[0] > MAX_LABELS or hidden_states.shape[0] > FUSED_HEAD_MAX_BATCH:
-        # the pooler as the caller asked for it: under "auto" its own rule (float32 on a GPU
-        # goes to cuBLAS, measured faster than its kernel)
+        # the pooler as the caller asked for it
         pooled = fused_pooler(hidden_states, weight, bias, activation=activation, backend=backend)
         return F.linear(pooled, classifier_weight, classifier_bias)
     # the launcher reads position 0 of each sequence through the strides: no [:, 0] view

@@ -32,9 +32,9 @@ from .reference import activation_grad_reference, pooler_backward_reference, poo
 from .validation import (
     AUTOCAST_DEVICE_TYPES,
     BACKENDS,
+    GEMM_AUTO_GPU_DTYPES,
     KERNEL_DTYPES,
     PLAIN_TENSOR_TYPES,
-    POOLER_AUTO_GPU_DTYPES,
     REFERENCE_DTYPES,
     autocast_inputs,
     named,
@@ -256,7 +256,7 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
         and not _needs_grad(hidden_states, weight, b)
         and _on_kernel_device(hidden_states, weight, b)
         and hidden_states.dtype
-        in (POOLER_AUTO_GPU_DTYPES if hidden_states.is_cuda else KERNEL_DTYPES)
+        in (GEMM_AUTO_GPU_DTYPES if hidden_states.is_cuda else KERNEL_DTYPES)
         and weight.dtype is hidden_states.dtype
         and (b is None or b.dtype is hidden_states.dtype)
         and hidden_states.layout is _STRIDED
@@ -368,7 +368,7 @@ def _fused_pooler(hidden_states, weight, bias, activation, backend, batch_invari
         raise TypeError(f"batch_invariant must be a bool, got {batch_invariant!r}")
     # batch invariance is the kernel's property: "auto" keeps float32 on the kernel for it
     chosen = resolve_backend(
-        backend, hidden_states.device, hidden_states.dtype, pooler=not batch_invariant
+        backend, hidden_states.device, hidden_states.dtype, gemm=not batch_invariant
     )
     compiling = torch.compiler.is_compiling()
     if chosen == "triton" and not compiling and not plain_tensors(hidden_states, weight, bias):

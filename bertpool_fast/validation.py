@@ -196,23 +196,24 @@ def plain_tensors(hidden_states, weight, bias) -> bool:
     )
 
 
-# The pooler kernel's dtypes under backend="auto" on a GPU: float32 is left to cuBLAS, which the
-# H100 measured 2-5x faster than the kernel's fp32 FMA loop (NOTES.md, "Known limits");
-# backend="triton" still runs it. The interpreter (CPU) runs every kernel dtype: it exists to test
-# the kernels.
-POOLER_AUTO_GPU_DTYPES = (torch.float16, torch.bfloat16)
+# The GEMM kernels' dtypes (the pooler's, the classifier head's) under backend="auto" on a GPU:
+# float32 is left to cuBLAS, which the H100 measured 2-5x faster than the pooler kernel's fp32 FMA
+# loop (NOTES.md, "Known limits"); the head's fp32 tile is the same kind of loop. backend="triton"
+# still runs them. The interpreter (CPU) runs every kernel dtype: it exists to test the kernels.
+GEMM_AUTO_GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def resolve_backend(
-    backend: str, device: torch.device, dtype: torch.dtype, pooler: bool = False
+    backend: str, device: torch.device, dtype: torch.dtype, gemm: bool = False
 ) -> str:
-    """ "triton" or "torch" for these inputs; raises where the kernel cannot run them. ``pooler``:
-    the op is the pooler, whose "auto" leaves float32 on a GPU to cuBLAS."""
+    """ "triton" or "torch" for these inputs; raises where the kernel cannot run them. ``gemm``:
+    the op's kernel is a GEMM (the pooler, the classifier head), whose "auto" leaves float32 on a
+    GPU to cuBLAS."""
     kernel_can_run = device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        dtypes = POOLER_AUTO_GPU_DTYPES if pooler and device.type == "cuda" else KERNEL_DTYPES
+        dtypes = GEMM_AUTO_GPU_DTYPES if gemm and device.type == "cuda" else KERNEL_DTYPES
         return "triton" if kernel_can_run and dtype in dtypes else "torch"
     if not kernel_can_run:
         raise ValueError(

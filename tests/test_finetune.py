@@ -59,8 +59,8 @@ def test_finetune_losses_match_eager(monkeypatch):
     assert bertpool_fast.patch(fast) == 1
     # "auto" leaves a float32 pooler on a GPU to cuBLAS; this test is about the Triton backward,
     # so float32 takes the kernel here as it does in the interpreter
-    monkeypatch.setattr(validation, "POOLER_AUTO_GPU_DTYPES", KERNEL_DTYPES)
-    monkeypatch.setattr(ops, "POOLER_AUTO_GPU_DTYPES", KERNEL_DTYPES)
+    monkeypatch.setattr(validation, "GEMM_AUTO_GPU_DTYPES", KERNEL_DTYPES)
+    monkeypatch.setattr(ops, "GEMM_AUTO_GPU_DTYPES", KERNEL_DTYPES)
     # count the backward kernel launches: the test is about the Triton backward, not a fallback
     calls = {"dx": 0, "dw": 0}
     for name, key in (("pooler_bwd_dx", "dx"), ("pooler_bwd_dw", "dw")):

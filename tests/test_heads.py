@@ -519,15 +519,19 @@ def test_second_gpu_while_first_is_current():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA auto path needs a GPU")
-def test_unfused_head_takes_the_poolers_auto_rule_for_float32():
-    # above FUSED_HEAD_MAX_BATCH the head is the pooler then F.linear; under "auto" the pooler's
-    # float32 goes to cuBLAS, so the logits are bitwise the torch path's
-    h = randn(head_op.FUSED_HEAD_MAX_BATCH + 3, 4, 64, device="cuda")
+@pytest.mark.parametrize("batch", [1, head_op.FUSED_HEAD_MAX_BATCH + 3])
+def test_head_auto_leaves_float32_on_a_gpu_to_cublas(monkeypatch, batch):
+    # the pooler's rule: under "auto" float32 on a GPU is eager's computation (cuBLAS), fused batch
+    # or not, so the logits are bitwise the torch path's and no kernel launches
+    launched = []
+    monkeypatch.setattr(head_op, "classifier_head_fwd", lambda *a: launched.append(a))
+    h = randn(batch, 4, 64, device="cuda")
     w1, b1, w2, b2 = (t.to("cuda") for t in params(64, 64, 5, torch.float32))
     with torch.no_grad():
         auto = fused_classifier_head(h, w1, b1, w2, b2)
         torch_path = fused_classifier_head(h, w1, b1, w2, b2, backend="torch")
     torch.testing.assert_close(auto, torch_path, rtol=0, atol=0)
+    assert not launched
 
 
 @pytest.mark.parametrize(

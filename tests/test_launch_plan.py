@@ -623,7 +623,7 @@ def test_plans_per_weight_are_bounded(stand_in, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="real launches need a CUDA GPU")
-# float32 on a GPU is left to cuBLAS by the inference path (validation.POOLER_AUTO_GPU_DTYPES)
+# float32 on a GPU is left to cuBLAS by the inference path (validation.GEMM_AUTO_GPU_DTYPES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_planned_launches_are_bitwise_the_plain_path(dtype):
     # the table's tiles at M = 1, 64, 3000 (a TMA tile on sm_90 fp16/bf16); sequence lengths that

@@ -273,12 +273,12 @@ def test_auto_leaves_float32_poolers_on_a_gpu_to_cublas():
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for dtype in (torch.float16, torch.bfloat16):
-        assert resolve_backend("auto", cuda, dtype, pooler=True) == "triton"
-    assert resolve_backend("auto", cuda, torch.float32, pooler=True) == "torch"
+        assert resolve_backend("auto", cuda, dtype, gemm=True) == "triton"
+    assert resolve_backend("auto", cuda, torch.float32, gemm=True) == "torch"
     assert resolve_backend("auto", cuda, torch.float32) == "triton"
-    assert resolve_backend("triton", cuda, torch.float32, pooler=True) == "triton"
+    assert resolve_backend("triton", cuda, torch.float32, gemm=True) == "triton"
     interpreted = KERNEL_DEVICE == "cpu"
-    assert resolve_backend("auto", cpu, torch.float32, pooler=True) == (
+    assert resolve_backend("auto", cpu, torch.float32, gemm=True) == (
         "triton" if interpreted else "torch"
     )
 

@@ -169,8 +169,8 @@ _SM90_HALF_CANDIDATES = (
     # 64x32x128 at 256-512, both 4 stages: two latencies for 6 chunks) with all 6 in flight, and
     # a 64x64 TMA tile that does so in one wave at M = 512 (96 programs); 140-224 KiB of shared
     # memory, one CTA per SM. Tried up to M = 2048 too, where the winner (64x128x64 s4, 8.8 us
-    # against 3.2 at the measured GEMM rate) waits about four latencies per tile in one wave, and this
-    # one would wait one per tile in three
+    # against 3.2 at the measured GEMM rate) waits about four latencies per tile in one wave,
+    # and this one would wait one per tile in three
     (64, 256, TileConfig(16, 64, 128, 4, 7, swap_ab=True)),
     (128, 256, TileConfig(64, 32, 128, 4, 7, tma=True)),
     (256, 2048, TileConfig(64, 64, 128, 4, 7, tma=True)),

@@ -74,7 +74,7 @@ class HeadConfig(NamedTuple):
 #     fused 64-row tile spilled (up to 2.4 KB on sm_80). fp32 tiles stop at 32 rows: its FMA dot
 #     keeps operands in registers too, and 64 fp32 rows spill even at 8 warps.
 #   * block_n and block_k are one value per dtype: block_n is the split path's chunk and the fused
-#     path's step, block_k the pooled K order, so the K reduction matches the pooler's.
+#     path's step, block_k the pooled K order, so the head sums K in one order at every M.
 _HALF_CONFIGS = (
     (16, HeadConfig(16, 64, 64, 4, 4, True)),
     (64, HeadConfig(32, 64, 64, 4, 4, True)),

@@ -31,17 +31,19 @@ from .tiles import TileConfig, pick_tile
 # in pooler_tables.py as data, which ``python -m bench.tune`` rewrites from measurements on a GPU.
 # No autotuning at run time: the choice is a pure function of (M, dtype, the device's compute
 # capability), so it costs nothing on the launch path, never benchmarks at first call, and two runs
-# always pick the same tiles. The hand-written default table's reasoning:
-#   * M <= 64 (the common inference case): 16-row tiles and a narrow N tile, so the weight read
-#     (the whole cost at small batch) is spread over N / 32 programs: 24 for H = 768, 128 for 4096.
-#   * fp16/bf16 up to M = 1024: 64x32 tiles, as many programs as the 64-row wgmma tile allows
-#     (96 at M = 256, 384 at 1024 for H = 768); 128x128 above. Three H100 tunes timed these tiles
-#     (pointer loads, fp16): 16x32 5.0 us at M = 64 against 6.3 for the 32x64 tile once there;
-#     64x32 5.4 at M = 128-256, 6.0 at 512, 7.4 at 1024, against 6.0-7.6 for 64x64 and 10.4-10.6
-#     for 128x128 at 512-1024 (24-48 programs). On other GPUs the same count of programs is the
-#     reason, unmeasured.
-#   * block_k is the same in every row of a dtype's table, so the K reduction runs in the same
-#     order whatever the batch (batch invariance needs more than that; see below).
+# always pick the same tiles. The default table (GPUs without a table of their own) holds only
+# pointer-load tiles every architecture compiles, in at most 99 KiB of shared memory (sm_86/89):
+#   * fp16/bf16, chosen from three H100 tunes that timed them all (runs 3-5, fp16 and bf16 within
+#     a few percent; us at H = 768): M <= 32 16x16x128 s4, 4.0 (16x32x64 s4 5.1); M <= 64
+#     16x32x128 s4, 4.3; M <= 256 64x32x128 s4, 4.7-4.85 (64x32x64 5.4); M <= 1024 64x32x64 s4,
+#     6.0 at 512, 7.3-7.5 at 1024 (64x32x128 10.5 there, 128x128 10.4-10.6 at 512-1024: 24-48
+#     programs); 128x128x64 w8 s3 above. The reasons hold on any GPU: at small M the weight read
+#     is the whole cost and narrow tiles spread it over many programs; a BLOCK_K of 128 halves the
+#     dependent K steps, so fewer memory latencies per program, until its deeper stages cost
+#     CTAs per SM (M = 1024; 64x32x128 s4 holds 96 KiB on sm_90). Elsewhere than the H100 the
+#     gain is a prediction.
+#   * BLOCK_K is chosen per bucket, as the tuned tables do: one K order at every batch is what
+#     batch_invariant's own table provides (below).
 #   * fp32 tiles are half as deep in K: same bytes per stage as fp16, and sm_80's 164 KiB of shared
 #     memory still holds every pipeline.
 #   * the fp32 32x64 tile (M <= 64) has 3 stages, not 4, in every table: Triton 3.6 miscompiles it

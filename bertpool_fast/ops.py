@@ -222,25 +222,32 @@ def fused_pooler(
     Returns [B, H_out] in the input dtype. Under ``torch.autocast`` the inputs are first cast as
     eager ``nn.Linear``'s are, so the result has the autocast dtype, as eager ``linear`` + ``tanh``.
     """
-    if backend == "auto" and batch_invariant is False:
-        return pooler_inference(hidden_states, weight, bias, activation)
+    if batch_invariant is False and (backend == "auto" or backend == "triton"):
+        return pooler_inference(hidden_states, weight, bias, activation, backend)
     return _fused_pooler(hidden_states, weight, bias, activation, backend, batch_invariant)
 
 
-def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
-    """``fused_pooler(hidden_states, weight, bias, activation=activation)``, thin per call.
+def pooler_inference(hidden_states, weight, bias, activation, backend="auto") -> torch.Tensor:
+    """``fused_pooler(hidden_states, weight, bias, activation=activation, backend=backend)``
+    for ``backend`` "auto" or "triton", thin per call.
 
-    The common inference call (plain tensors of one kernel dtype on one device the kernel runs
-    on, the expected ranks and sizes, a known activation, no autocast, no gradient needed, not
-    being traced) goes straight to the launcher after one run of comparisons that implies every
-    check of the full path. Anything else takes the full path, whose messages and behaviour are
-    the reference: this is only a shortcut to its own answer.
+    The common inference call (plain tensors of a dtype the backend runs on the kernel, on one
+    device the kernel runs on, the expected ranks and sizes, a known activation, no autocast, no
+    gradient needed, not being traced) goes straight to the launcher after one run of comparisons
+    that implies every check of the full path. Anything else takes the full path, whose messages
+    and behaviour are the reference: this is only a shortcut to its own answer.
     """
     if not _is_compiling():
         plans = _PLANS.get(id(weight))
         if plans is not None and plans[0]() is weight and type(hidden_states) in _PLAIN:
             plan = plans[1].get(hidden_states.shape[0]) if hidden_states.dim() == 3 else None
-            if plan is not None and _plan_applies(plan, hidden_states, weight, bias, activation):
+            if (
+                plan is not None
+                # plans are per weight, not per backend: a float32 plan a "triton" call made is
+                # not for "auto", which leaves float32 on a GPU to cuBLAS
+                and plan.dtype in _kernel_dtypes(hidden_states, backend)
+                and _plan_applies(plan, hidden_states, weight, bias, activation)
+            ):
                 try:
                     out = plan.run(hidden_states, weight, bias)
                 except Exception:  # noqa: BLE001 - e.g. a .data swapped to a sparse tensor:
@@ -255,8 +262,7 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
         and not _is_compiling()
         and not _needs_grad(hidden_states, weight, b)
         and _on_kernel_device(hidden_states, weight, b)
-        and hidden_states.dtype
-        in (GEMM_AUTO_GPU_DTYPES if hidden_states.is_cuda else KERNEL_DTYPES)
+        and hidden_states.dtype in _kernel_dtypes(hidden_states, backend)
         and weight.dtype is hidden_states.dtype
         and (b is None or b.dtype is hidden_states.dtype)
         and hidden_states.layout is _STRIDED
@@ -273,7 +279,14 @@ def pooler_inference(hidden_states, weight, bias, activation) -> torch.Tensor:
         out = pooler_fwd(hidden_states, weight, bias, activation)
         _remember_plan(hidden_states, weight, bias, activation)
         return out
-    return _fused_pooler(hidden_states, weight, bias, activation, "auto", False)
+    return _fused_pooler(hidden_states, weight, bias, activation, backend, False)
+
+
+def _kernel_dtypes(hidden_states, backend) -> tuple:
+    # the dtypes ``backend`` runs on the kernel for these (plain) rows: resolve_backend's rule
+    if backend == "auto" and hidden_states.is_cuda:
+        return GEMM_AUTO_GPU_DTYPES
+    return KERNEL_DTYPES
 
 
 def _plan_applies(plan, hidden_states, weight, bias, activation) -> bool:

@@ -21,8 +21,8 @@ import triton.language as tl
 from triton import knobs
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from bertpool_fast import ops
-from bertpool_fast.kernels import descriptor_launch, pooler
+from bertpool_fast import fused_pooler, ops
+from bertpool_fast.kernels import descriptor_launch, pooler, pooler_plan
 from bertpool_fast.kernels.launch import CachedLaunch
 from bertpool_fast.kernels.tiles import TileConfig
 from bertpool_fast.reference import pooler_reference
@@ -202,6 +202,24 @@ def test_a_new_sequence_length_keeps_the_plan_with_its_row_stride(stand_in):
     longer = randn(5, 7, 48, dtype=hidden.dtype, device="cpu")  # 7 * 48: divisible by 16 too
     _, planned = _run(stand_in, longer, weight, bias)
     assert planned
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_backend_triton_runs_the_plan_as_auto_does(stand_in, dtype):
+    # fused_pooler(..., backend="triton") pays what "auto" pays per call (float32 too, which it
+    # runs on the kernel everywhere); batch_invariant=True keeps the full path (its own table)
+    hidden, weight, bias = _inputs(dtype=dtype)
+    kernel = stand_in.kernel
+    for s, planned_expected in ((3, False), (3, True), (6, True)):
+        hidden = randn(5, s, hidden.shape[-1], dtype=dtype, device="cpu")
+        direct, full = kernel.compiled.direct, len(stand_in.full_path_calls)
+        out = fused_pooler(hidden, weight, bias, backend="triton")
+        planned = len(stand_in.full_path_calls) == full and kernel.compiled.direct == direct + 1
+        assert planned is planned_expected
+        torch.testing.assert_close(out, _expected(hidden, weight, bias), rtol=0, atol=0)
+    full = len(stand_in.full_path_calls)
+    fused_pooler(hidden, weight, bias, backend="triton", batch_invariant=True)
+    assert len(stand_in.full_path_calls) == full + 1
 
 
 def _mutations(hidden, weight, bias):
@@ -654,3 +672,29 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
         assert plan is not None, "the plan was never made"
         if plan.tma_blocks is not None:  # triton 3.6 and 3.9 launchers are of a known shape
             assert plan.encoded is not None and plan.kept_maps, "maps were never kept"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="real launches need a CUDA GPU")
+def test_a_float32_plan_of_backend_triton_is_not_taken_by_auto(monkeypatch):
+    # plans are per weight: after backend="triton" planned a float32 call, "auto" must still
+    # leave float32 on a GPU to cuBLAS (bitwise the torch backend, no planned launch)
+    ops._PLANS.clear()
+    h = 768
+    hidden = randn(19, 4, h, dtype=torch.float32)
+    weight = randn(h, h, dtype=torch.float32, scale=h**-0.5)
+    bias = randn(h, dtype=torch.float32, scale=0.5)
+    with torch.inference_mode():
+        kernel = [fused_pooler(hidden, weight, bias, backend="triton") for _ in range(3)]
+        assert ops._PLANS[id(weight)][1].get(19) is not None, "the plan was never made"
+        runs = []
+        real_run = pooler_plan.PoolerPlan.run
+        monkeypatch.setattr(pooler_plan.PoolerPlan, "run",
+                            lambda plan, *a: runs.append(1) or real_run(plan, *a))  # fmt: skip
+        auto = fused_pooler(hidden, weight, bias)
+        torch_path = fused_pooler(hidden, weight, bias, backend="torch")
+        again = fused_pooler(hidden, weight, bias, backend="triton")
+    assert runs == [1], "auto ran the float32 plan, or backend='triton' did not"
+    torch.testing.assert_close(auto, torch_path, rtol=0, atol=0)
+    for out in (*kernel[1:], again):  # planned launches: bitwise the first, full-path one
+        torch.testing.assert_close(out, kernel[0], rtol=0, atol=0)

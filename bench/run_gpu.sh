@@ -5,6 +5,8 @@
 #      kernels/pooler_tables.py (TUNE=0 keeps the committed table);
 #   1b. attribution: `python3 -m bench.attribute` splits the large-M time of the fused kernel
 #      (tanh epilogue, bias, main loop, strided rows, TMA) next to cuBLAS (ATTRIBUTE=0 skips it);
+#   1c. L2 counters: Nsight Compute reads what the large-M tiles and cuBLAS move from L2 into the
+#      SMs (`python3 -m bench.l2_counters`; L2_COUNTERS=0 skips it, so does a machine without ncu);
 #   2. install this checkout non-editable (python3 -m pip, no network, no build isolation);
 #   3. GPU correctness: the tile sweep of every kernel, the GPU-marked tests, forward parity on the
 #      compiled kernel, the fp32 compiled-code scan;
@@ -92,6 +94,36 @@ if [ "$ATTRIBUTE" = 1 ]; then
     ATTRIBUTE_RC=$?
     tail -n 16 "$RESULTS/attribute.log"
     say "attribution exit code $ATTRIBUTE_RC"
+fi
+
+L2_COUNTERS=${L2_COUNTERS:-1}
+if [ "$L2_COUNTERS" = 1 ]; then
+    if [ "$DRY_RUN" = 1 ]; then
+        say "L2 counters: the launch step only (no profiler on a CPU)"
+        timeout $(( 60 * SLOW )) "$PY" -m bench.l2_counters --launch --dry-run || say "L2 counters' launch step failed"
+    else
+        NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
+        if [ -z "$NCU" ]; then
+            say "L2 counters skipped: no ncu on this machine"
+        else
+            # the clocks left as they are (the timings elsewhere in this run see the same ones);
+            # a profiler that refuses one of the metrics fails them all: then the basic four
+            say "L2-to-SM counters of the large-M tiles ($NCU)"
+            mkdir -p "$RESULTS/l2"
+            for SET in all basic; do
+                timeout 60 "$NCU" --clock-control none --profile-from-start off -f -o "$RESULTS/l2/ncu" \
+                    --metrics "$("$PY" -m bench.l2_counters --metrics $SET)" \
+                    "$PY" -m bench.l2_counters --launch > "$RESULTS/l2/ncu_$SET.log" 2>&1 && break
+                rm -f "$RESULTS/l2/ncu.ncu-rep"
+            done
+            if [ -f "$RESULTS/l2/ncu.ncu-rep" ] && "$NCU" --import "$RESULTS/l2/ncu.ncu-rep" --csv \
+                --page raw --print-units base > "$RESULTS/l2/ncu.csv" 2>> "$RESULTS/l2/ncu_import.log"; then
+                "$PY" -m bench.l2_counters --summarize "$RESULTS/l2/ncu.csv" --out "$RESULTS/l2" | tail -n 8 || say "L2 counters: no table (see $RESULTS/l2)"
+            else
+                say "L2 counters: nothing collected (see $RESULTS/l2/ncu_*.log)"
+            fi
+        fi
+    fi
 fi
 
 # After tuning, so that the installed copy carries the table just written.

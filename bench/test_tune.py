@@ -193,12 +193,54 @@ def test_the_fastest_tile_is_timed_again_with_pdl_where_the_gpu_has_it(arch):
     if arch == "default":
         assert not with_pdl
         return
-    (meas,) = with_pdl
-    assert meas.source == "fastest, with pdl" and meas.status == "ok" and meas.label.endswith("pdl")
     timed = [m for m in bucket.measurements if m.config and not m.config["pdl"] and m.median_us]
     fastest = min(timed, key=lambda m: m.median_us)
-    assert TileConfig(**meas.config) == TileConfig(**fastest.config)._replace(pdl=True)
-    assert bucket.winner in (meas.label, fastest.label)
+    twin = TileConfig(**fastest.config)._replace(pdl=True)
+    # timed once: as the retimed fastest tile, or as the table's current pick (sm_90's has PDL)
+    (meas,) = [m for m in with_pdl if TileConfig(**m.config) == twin]
+    assert meas.source in ("fastest, with pdl", "current table") and meas.status == "ok"
+    assert meas.label.endswith("pdl")
+    every = [m for m in bucket.measurements if m.config and m.median_us]
+    assert bucket.winner == min(every, key=lambda m: m.median_us).label
+
+
+def _fake_times(monkeypatch, times_us):
+    """tune._measure without a kernel: each config 'measures' its time from ``times_us`` (by
+    config), 5 us if absent."""
+
+    def fake(meas, cfg, inputs, dtype_name, n, dry_run):
+        meas.rel_err, meas.status, meas.median_us = 0.0, "ok", times_us.get(cfg, 5.0)
+
+    monkeypatch.setattr(tune, "_measure", fake)
+
+
+def test_a_current_pick_with_pdl_does_not_stop_a_faster_tile_being_timed_with_it(monkeypatch):
+    from bertpool_fast.kernels.pooler import pick_config
+
+    current = pick_config(3, torch.float16, False, "sm90")
+    assert current.pdl  # the H100's table
+    faster = next(c for c in tune.candidates_at(3, torch.float16, True, "sm90")
+                  if c._replace(pdl=False) != current._replace(pdl=False))  # fmt: skip
+    # the current pick beats every tile without PDL, but the faster tile with PDL beats it
+    _fake_times(monkeypatch, {current: 3.0, faster: 3.2, faster._replace(pdl=True): 2.5})
+    (bucket,) = tune.sweep(["fp16"], [3], 128, 3, True, tune.harness.Budget(100.0), "sm90")
+    assert bucket.winner == config_label(faster._replace(pdl=True))
+
+
+def test_the_current_picks_pdl_twin_is_not_timed_twice(monkeypatch):
+    from bertpool_fast.kernels.pooler import pick_config
+
+    current = pick_config(3, torch.float16, False, "sm90")
+    plain = current._replace(pdl=False)
+    monkeypatch.setattr(
+        tune, "candidates_at", lambda *a, **k: [plain, TileConfig(16, 32, 64, 4, 4)]
+    )
+    # the plain twin is the fastest tile without PDL: its PDL twin is the current pick, timed
+    _fake_times(monkeypatch, {current: 3.0, plain: 2.8})
+    (bucket,) = tune.sweep(["fp16"], [3], 128, 3, True, tune.harness.Budget(100.0), "sm90")
+    labels = [m.label for m in bucket.measurements if m.config]
+    assert labels.count(config_label(current)) == 1
+    assert bucket.winner == config_label(plain)
 
 
 def test_a_pdl_winner_round_trips_through_the_table_module():

@@ -247,11 +247,15 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
                         continue
                     _measure(meas, cfg, inputs, dtype_name, n, dry_run)
                 # Programmatic dependent launch is a launch option, not a tile: the fastest tile
-                # is timed once more with it, and wins only if measured faster.
-                best = _fastest(bucket)
-                if (arch_has_pdl(arch) and best is not None and not best.config["pdl"]
+                # without it is timed once more with it (unless that is the table's current pick,
+                # already timed), and wins only if measured faster. The fastest without it, not
+                # the fastest overall: a current pick with PDL would otherwise keep every faster
+                # tile from being timed with it.
+                best = _fastest(bucket, pdl=False)
+                twin = None if best is None else TileConfig(**best.config)._replace(pdl=True)
+                if (arch_has_pdl(arch) and twin is not None and twin != current
                         and budget.left() > RESERVE_S):  # fmt: skip
-                    cfg = TileConfig(**best.config)._replace(pdl=True)
+                    cfg = twin
                     meas = Measurement(config_label(cfg), cfg._asdict(), "fastest, with pdl")
                     bucket.measurements.append(meas)
                     if (dtype_name, tuple(cfg)) in unfinished:
@@ -267,8 +271,10 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
     return results
 
 
-def _fastest(bucket: BucketResult) -> Optional[Measurement]:
-    timed = [x for x in bucket.measurements if x.config is not None and x.status == "ok"]
+def _fastest(bucket: BucketResult, pdl: Optional[bool] = None) -> Optional[Measurement]:
+    """The fastest correct tile; ``pdl``: only tiles launched with (True) or without (False) it."""
+    timed = [x for x in bucket.measurements if x.config is not None and x.status == "ok"
+             and (pdl is None or x.config["pdl"] == pdl)]  # fmt: skip
     return min(timed, key=lambda x: x.median_us) if timed else None
 
 

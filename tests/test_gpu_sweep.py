@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from bertpool_fast.kernels import (
     classifier_head,
@@ -85,6 +87,46 @@ def _fp32_mid_tile() -> TileConfig:
     return pooler.pick_config(17, torch.float32)
 
 
+# The miscompile needs the K loop as it was when the H100 hit it: K offsets from a constant 0.
+# pooler_fwd_kernel now starts its K loop at k_lo = program_id(2) * k_run (split-K), even with
+# SPLIT_K = 1, and Triton 3.6 compiles the retired tile clean there (no packed shift), so through
+# pooler_fwd the retired tile passes. This kernel is the pre-split-K pooler: the same pooled_tile
+# K loop (shared with the classifier head and the persistent kernel) and epilogue, nothing else.
+@triton.jit(do_not_specialize=["M"])
+def _k_from_zero_pooler_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk, stride_b,
+    stride_om, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    o_m = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_m = o_m < M
+    m_n = o_n < N
+    acc = pooler.pooled_tile(x_ptr, w_ptr, b_ptr, o_m, o_n, m_m, m_n, K, stride_xm, stride_xk,
+                             stride_wn, stride_wk, stride_b, HAS_BIAS, ACTIVATION, DOT_PRECISION,
+                             False, BLOCK_M, BLOCK_N, BLOCK_K)  # fmt: skip
+    pooler.store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, False)
+
+
+def run_k_from_zero_case(cfg, m, n, k, seq):
+    """run_case's fp32 tanh case (bias on) through _k_from_zero_pooler_kernel."""
+    from bertpool_fast.reference import pooler_reference
+
+    hidden = randn(m, seq, k)
+    weight, bias = randn(n, k, scale=k**-0.5), randn(n, scale=0.5)
+    out = poisoned((m, n), torch.float32, hidden.device)
+    grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(m, cfg.block_m))
+    _k_from_zero_pooler_kernel[grid](
+        hidden, weight, bias, out, m, n, k, hidden.stride(0), hidden.stride(2), weight.stride(0),
+        weight.stride(1), bias.stride(0), out.stride(0), HAS_BIAS=True, ACTIVATION="tanh",
+        DOT_PRECISION=pooler.fp32_dot_precision(), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    x = hidden[:, 0]
+    ref = pooler_reference(x.double(), weight.double(), bias.double(), "tanh")
+    assert_close_rel(out, ref, torch.float32, bound=gemm_error_bound(x, weight, bias, "tanh"))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("k", range(40, 161, 8))
 @pytest.mark.parametrize(
@@ -93,8 +135,9 @@ def _fp32_mid_tile() -> TileConfig:
         pytest.param(
             "retired",
             marks=pytest.mark.xfail(
-                reason="Triton 3.6 miscompiles this tile when K % 16 != 0 (expected: XFAIL there, "
-                "XPASS where K % 16 == 0 or on Triton releases without the bug)",
+                reason="Triton 3.6 miscompiles this tile in a K loop from 0 when K % 16 == 8 "
+                "(expected: XFAIL there, XPASS where K % 16 == 0 or on Triton releases without "
+                "the bug)",
                 strict=False,
             ),
         ),
@@ -102,10 +145,13 @@ def _fp32_mid_tile() -> TileConfig:
     ],
 )
 def test_fp32_mid_tile_regression(which, k):
-    cfg = RETIRED_FP32_TILE if which == "retired" else _fp32_mid_tile()
     # S = 2 makes the row stride 2K: a multiple of 16 whenever K is a multiple of 8, the
     # specialization that produced the miscompiled binary.
-    run_case(torch.float32, cfg, 17, 40, k, 2, True, "tanh")
+    if which == "retired":
+        run_k_from_zero_case(RETIRED_FP32_TILE, 17, 40, k, 2)
+    else:
+        run_k_from_zero_case(_fp32_mid_tile(), 17, 40, k, 2)
+        run_case(torch.float32, _fp32_mid_tile(), 17, 40, k, 2, True, "tanh")
 
 
 def test_shipped_mid_tile_is_not_the_retired_one():

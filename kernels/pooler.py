@@ -201,19 +201,21 @@ def pooled_tile(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    BIAS_FIRST: tl.constexpr = True,
 ):
     """act(X[o_m] @ W[o_n].T + b[o_n]) as an fp32 [BLOCK_M, BLOCK_N] block, never stored.
 
     Shared by the pooler (which stores it) and the classifier head (which feeds it to a second
     GEMM), so both run the very same K loop. o_m / o_n are int64 offsets; m_m / m_n their bounds.
     """
-    acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS, False, BLOCK_M, BLOCK_N)
+    acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS and BIAS_FIRST, False, BLOCK_M,
+                           BLOCK_N)  # fmt: skip
     acc = dot_k_range(
         x_ptr, w_ptr, o_m, o_n, m_m, m_n, acc, 0, K, stride_xm, stride_xk, stride_wn, stride_wk,
         DOT_PRECISION, INTERPRETED_BF16, False, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
     return bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
-                               x_ptr.dtype.element_ty)  # fmt: skip
+                               x_ptr.dtype.element_ty, BIAS_FIRST)  # fmt: skip
 
 
 @triton.jit
@@ -232,6 +234,13 @@ def bias_accumulator(
     Not for fp32: its FMA (or TF32) tiles hold their operands in registers, and the largest sit
     at 255 of them, where an accumulator live before the K loop's prologue spills; there the K
     loop is long and one latency is a small part of it. bias_and_activation adds it instead.
+    Nor for the persistent loops (callers pass HAS_BIAS False here and BIAS_FIRST False to the
+    epilogue): Triton 3.6 and 3.9 flatten a tile loop into its K loop by putting each tile's
+    start in the loop's first pipeline stage; a start that depends on the bias there feeds the
+    last stage's sum back into the first, and the pipeliner then emits no prologue at all, so
+    every K step waits for its own copies (sm_90 TTGIR: 2 TMA copies and a wgmma wait of 0,
+    against 8 and 1; measured 2x slower on the H100). Their next tile's copies are in flight
+    during the epilogue anyway.
     """
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -255,12 +264,12 @@ def add_bias(acc, b_ptr, o_n, m_n, stride_b, SWAP_AB: tl.constexpr):
 @triton.jit
 def bias_and_activation(
     acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-    SWAP_AB: tl.constexpr, ROUNDED_TO: tl.constexpr,
+    SWAP_AB: tl.constexpr, ROUNDED_TO: tl.constexpr, BIAS_FIRST: tl.constexpr = True,
 ):  # fmt: skip
     """act(acc + b[o_n]) on a K sum that started from bias_accumulator, whose bias it adds where
-    that did not (fp32); the result is next rounded to ROUNDED_TO, which sets how precise the
-    activation must be."""
-    if HAS_BIAS and b_ptr.dtype.element_ty == tl.float32:
+    that did not (fp32, or not BIAS_FIRST); the result is next rounded to ROUNDED_TO, which sets
+    how precise the activation must be."""
+    if HAS_BIAS and (b_ptr.dtype.element_ty == tl.float32 or not BIAS_FIRST):
         acc = add_bias(acc, b_ptr, o_n, m_n, stride_b, SWAP_AB)
     return apply_activation(acc, ACTIVATION, ROUNDED_TO)
 
@@ -382,7 +391,8 @@ def pooler_fwd_persistent_kernel(
     """pooler_fwd_kernel's plain tile (no split, no swap), with a grid of about one program per SM
     that walks the output tiles i, i + programs, ...: no wave tail at large M, and the compiler
     may start a tile's loads while the previous tile's epilogue runs. Each tile is computed as in
-    the plain kernel, so the result does not depend on the grid size."""
+    the plain kernel except that the bias is added after the K loop (bias_accumulator says why),
+    so the result does not depend on the grid size, and for fp32 it is the plain kernel's."""
     if PDL:
         gdc_wait()
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -398,7 +408,7 @@ def pooler_fwd_persistent_kernel(
         acc = pooled_tile(
             x_ptr, w_ptr, b_ptr, o_m, o_n, m_m, m_n, K, stride_xm, stride_xk, stride_wn,
             stride_wk, stride_b, HAS_BIAS, ACTIVATION, DOT_PRECISION, INTERPRETED_BF16, BLOCK_M,
-            BLOCK_N, BLOCK_K,
+            BLOCK_N, BLOCK_K, False,
         )  # fmt: skip
         store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
 
@@ -439,19 +449,20 @@ def tma_output_tile(
     x_desc, w_desc, b_ptr, out_ptr, i_m, i_n, M, N, K, stride_b, stride_om,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, BIAS_FIRST: tl.constexpr,
 ):  # fmt: skip
-    """Output tile (i_m, i_n) of the TMA kernel: the plain kernel's K sum (from the bias) and
-    epilogue."""
+    """Output tile (i_m, i_n) of the TMA kernel: the plain kernel's K sum (from the bias unless
+    not BIAS_FIRST) and epilogue."""
     o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_n = o_n < N
-    acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS, False, BLOCK_M, BLOCK_N)
+    acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS and BIAS_FIRST, False, BLOCK_M,
+                           BLOCK_N)  # fmt: skip
     acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, acc, K, INTERPRETED_BF16,
                     BLOCK_M, BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
     o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
     acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
-                              out_ptr.dtype.element_ty)  # fmt: skip
+                              out_ptr.dtype.element_ty, BIAS_FIRST)  # fmt: skip
     store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
 
 
@@ -480,7 +491,8 @@ def pooler_fwd_tma_kernel(
     same tile order (N tiles fastest) and the same K chunks in the same order. PERSISTENT: a 1-D
     grid of about one program per SM walks the tiles i, i + programs, ... as
     pooler_fwd_persistent_kernel does; its loop is flattened with the K loop, so the pipeliner may
-    issue the next tile's first copies before this tile's epilogue."""
+    issue the next tile's first copies before this tile's epilogue; it adds the bias after the K
+    loop (bias_accumulator says why)."""
     if PDL:
         gdc_wait()
     if PERSISTENT:
@@ -489,11 +501,11 @@ def pooler_fwd_tma_kernel(
         for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
             tma_output_tile(x_desc, w_desc, b_ptr, out_ptr, tile // tiles_n, tile % tiles_n, M, N,
                             K, stride_b, stride_om, HAS_BIAS, ACTIVATION, INTERPRETED_BF16,
-                            BLOCK_M, BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
+                            BLOCK_M, BLOCK_N, BLOCK_K, WARP_SPECIALIZE, False)  # fmt: skip
     else:
         tma_output_tile(x_desc, w_desc, b_ptr, out_ptr, tl.program_id(1), tl.program_id(0), M, N,
                         K, stride_b, stride_om, HAS_BIAS, ACTIVATION, INTERPRETED_BF16, BLOCK_M,
-                        BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
+                        BLOCK_N, BLOCK_K, WARP_SPECIALIZE, True)  # fmt: skip
 
 
 launch_pooler_fwd_tma = CachedLaunch(pooler_fwd_tma_kernel)

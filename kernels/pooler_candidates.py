@@ -147,10 +147,11 @@ _SM90_HALF_CANDIDATES = (
     (512, 8192, TileConfig(64, 128, 64, 4, 4, tma=True)),
     (1024, 8192, TileConfig(64, 128, 64, 4, 3, tma=True)),
     # and at mid M, where the third H100 run found TMA 14-25% faster than pointers from M = 2048
-    # (the fourth: 9% at M = 1024, 64x64x64 s4)
+    # (the fourth: 9% at M = 1024, 64x64x64 s4); the 64x64 tiles up to M = 8192 since the seventh
+    # (below)
     (64, 1024, TileConfig(64, 32, 64, 4, 4, tma=True)),
-    (128, 2048, TileConfig(64, 64, 64, 4, 4, tma=True)),
-    (128, 2048, TileConfig(64, 64, 64, 4, 3, tma=True)),
+    (128, 8192, TileConfig(64, 64, 64, 4, 4, tma=True)),
+    (128, 8192, TileConfig(64, 64, 64, 4, 3, tma=True)),
     # after the fourth run, unmeasured: the mid-M winners (deep K blocks of 128, pointer loads)
     # with TMA loads
     (64, 1024, TileConfig(64, 32, 128, 4, 4, tma=True)),
@@ -179,6 +180,14 @@ _SM90_HALF_CANDIDATES = (
     (64, 256, TileConfig(16, 64, 128, 4, 7, swap_ab=True)),
     (128, 256, TileConfig(64, 32, 128, 4, 7, tma=True)),
     (256, 2048, TileConfig(64, 64, 128, 4, 7, tma=True)),
+    # after the seventh run, unmeasured: its L2 counters put the large-M tiles at 28-30% of the
+    # L2-to-SM path's peak with no unit saturated, i.e. latency-bound. These hold more bytes in
+    # flight per SM than the 64x128x64 s3 winner (3 CTAs x 2 chunks of 24 KiB = 144 KiB): 64x128
+    # with K chunks of 32, 6 stages (3 CTAs x 5 x 12 KiB = 180 KiB) or 4 stages (4 CTAs, 144 KiB
+    # in finer chunks); and the 64x64x64 tiles above now run up to M = 8192 (4 CTAs at s3, 3 at
+    # s4: 128 and 144 KiB)
+    (1024, 8192, TileConfig(64, 128, 32, 4, 6, tma=True)),
+    (1024, 8192, TileConfig(64, 128, 32, 4, 4, tma=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},

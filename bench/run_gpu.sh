@@ -3,6 +3,8 @@
 #   1. tune: `python3 -m bench.tune` times the tile candidates on this GPU, checks each against a
 #      float64 reference, and writes the winning table for its architecture into
 #      kernels/pooler_tables.py (TUNE=0 keeps the committed table);
+#   1a. other widths: the same sweep at H = 1024 (TUNE_WIDTHS, a space-separated list; empty skips
+#      it), fp16, large M only, for reading (the tables stand for H = 768; its table is not used);
 #   1b. attribution: `python3 -m bench.attribute` splits the large-M time of the fused kernel
 #      (tanh epilogue, bias, main loop, strided rows, TMA) next to cuBLAS (ATTRIBUTE=0 skips it);
 #   1c. L2 counters: Nsight Compute reads what the large-M tiles and cuBLAS move from L2 into the
@@ -83,6 +85,20 @@ if [ "$TUNE" = 1 ]; then
     timeout $(( (TUNE_BUDGET_S + 30) * SLOW )) "$PY" -m bench.tune --budget-s "$TUNE_BUDGET_S" --out "$RESULTS/tune" "${TUNE_ARGS[@]}" 2>&1 | tee "$RESULTS/tune.log" | tail -n 40
     TUNE_RC=${PIPESTATUS[0]}
     say "tune exit code $TUNE_RC"
+fi
+
+# Which tiles win at other widths (the tables' M buckets are tuned at H = 768): for reading only.
+TUNE_WIDTHS=${TUNE_WIDTHS-1024}
+if [ "$TUNE" = 1 ]; then
+    WIDTH_ARGS=(--batches 2048,4096,8192)
+    if [ "$DRY_RUN" = 1 ]; then WIDTH_ARGS=(--dry-run); fi
+    for WIDTH in $TUNE_WIDTHS; do
+        say "tile sweep at H = $WIDTH (for reading; the table stays H = 768's)"
+        timeout $(( 70 * SLOW )) "$PY" -m bench.tune --hidden "$WIDTH" --dtypes fp16 --budget-s 40 \
+            --out "$RESULTS/tune-h$WIDTH" "${WIDTH_ARGS[@]}" > "$RESULTS/tune-h$WIDTH.log" 2>&1 \
+            || say "the sweep at H = $WIDTH failed (see $RESULTS/tune-h$WIDTH.log)"
+        grep "^| fp16" "$RESULTS/tune-h$WIDTH/tune.md" 2>/dev/null | head -n 3
+    done
 fi
 
 ATTRIBUTE_RC=0

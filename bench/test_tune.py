@@ -247,3 +247,18 @@ def test_a_pdl_winner_round_trips_through_the_table_module():
     cfg = TileConfig(64, 32, 128, 4, 4, tma=True, pdl=True)
     assert tune.render_config(cfg) == "T(64, 32, 128, 4, 4, tma=True, pdl=True)"
     assert eval(tune.render_config(cfg), {"T": TileConfig}) == cfg  # noqa: S307
+
+
+def test_a_sweep_at_another_width_never_writes_the_runtimes_table(tmp_path):
+    # the tables' M buckets stand for H = 768: another width's winners are for reading
+    assert tune.table_destination(None, False, tune.HIDDEN) == pooler_tables.__file__
+    assert tune.table_destination(None, False, 1024) is None
+    assert tune.table_destination(None, True, tune.HIDDEN) is None
+    assert tune.table_destination(str(tmp_path / "t.py"), False, 1024) == str(tmp_path / "t.py")
+
+
+def test_hidden_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        tune.main(["--dry-run", "--hidden", "0"])
+    assert exc.value.code == 2
+    assert "--hidden: expected a positive width, got 0" in capsys.readouterr().err

@@ -30,6 +30,10 @@ table's current pick.
 
 ``--dry-run`` runs the same code path on a CPU through Triton's interpreter: three candidates, tiny
 sizes, wall-clock "timings" that mean nothing, and the table written under ``--out`` only.
+
+``--hidden H`` sweeps another width (BERT-large's 1024, MiniLM's 384) for reading: which tiles win
+there. The runtime's tables are keyed by M alone and stand for H = 768, so that sweep's table is
+written under ``--out`` only (or to ``--table-out``).
 """
 
 from __future__ import annotations
@@ -398,9 +402,11 @@ def new_tables(buckets: list[BucketResult], arch: str, env: dict, hidden: int,
     return tables, provenance
 
 
-def summary_markdown(buckets: list[BucketResult], env: dict, arch: str) -> str:
+def summary_markdown(buckets: list[BucketResult], env: dict, arch: str,
+                     hidden: int = HIDDEN) -> str:  # fmt: skip
     out = [f"# Pooler tile sweep: {env['device']} ({arch}), {env['date']}", "",
-           f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; GPU time per call "
+           f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; H = {hidden}; "
+           "GPU time per call "
            "(us, median of CUDA-graph replays, weight cold in L2 where `cold`).", "",
            "| dtype | M | eager | current table | best | best config | best / eager | cold |",
            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -427,6 +433,18 @@ def _us(x: Optional[Measurement]) -> str:
     return f"{x.median_us:.2f}" if x is not None and x.median_us is not None else "-"
 
 
+def table_destination(table_arg: Optional[str], dry_run: bool, hidden: int) -> Optional[str]:
+    """Where the table goes besides --out: --table-out if given, else the runtime's own module,
+    but only from a sweep on a GPU at H = HIDDEN (the width the tables' M buckets stand for)."""
+    if table_arg is not None:
+        return table_arg
+    if dry_run or hidden != HIDDEN:
+        return None
+    from bertpool_fast.kernels import pooler_tables
+
+    return pooler_tables.__file__
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.tune", description=__doc__.split("\n")[0]
@@ -434,6 +452,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="directory for tune.json, tune.md and a copy "
                         "of the table (default: bench/results/tune-<gpu>-<date>)")  # fmt: skip
     parser.add_argument("--dtypes", default="fp16,bf16", help="comma-separated (fp32 optional)")
+    parser.add_argument("--hidden", type=int, default=HIDDEN,
+                        help=f"H (= N = K) to sweep at (default {HIDDEN}). The tables' rows are M "
+                        f"buckets at H = {HIDDEN}: at another H the table is written under --out "
+                        "only (or to --table-out), never over the runtime's")  # fmt: skip
     parser.add_argument("--batches", default=None, help="comma-separated M values (default: "
                         + ",".join(map(str, BATCHES)) + ")")  # fmt: skip
     parser.add_argument(
@@ -470,7 +492,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         parser.error(f"--dtypes: unknown {unknown}; known: {sorted(TOLERANCE)}")
     batches = harness.batches_arg(args.batches, BATCHES, DRY_RUN["batches"], args.dry_run)
-    hidden, seq = (DRY_RUN["hidden"], DRY_RUN["seq"]) if args.dry_run else (HIDDEN, SEQ)
+    if args.hidden < 1:
+        parser.error(f"--hidden: expected a positive width, got {args.hidden}")
+    hidden, seq = (DRY_RUN["hidden"], DRY_RUN["seq"]) if args.dry_run else (args.hidden, SEQ)
     env = harness.environment()
     # this GPU's own table, whether the file has one yet or not; the interpreter's is "default"
     arch = arch_key(*torch.cuda.get_device_capability()) if harness.HAS_CUDA else "default"
@@ -501,11 +525,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     tables, provenance = new_tables(buckets, arch, env, hidden, seq)
     source = render_module(tables, provenance, TABLE_HEADER)
     compile(source, "pooler_tables.py", "exec")  # a table that does not parse is never written
-    table_path = args.table
-    if table_path is None and not args.dry_run:
-        from bertpool_fast.kernels import pooler_tables
-
-        table_path = pooler_tables.__file__
+    table_path = table_destination(args.table, args.dry_run, hidden)
     for path in filter(None, (table_path, os.path.join(out_dir, "pooler_tables.py"))):
         with open(path, "w") as f:
             f.write(source)
@@ -515,11 +535,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "buckets": [asdict(b) for b in buckets],
                    "table": {d: [(m, cfg._asdict()) for m, cfg in rows]
                              for d, rows in tables[arch].items()}}, f, indent=1)  # fmt: skip
-    summary = summary_markdown(buckets, env, arch)
+    summary = summary_markdown(buckets, env, arch, hidden)
     with open(os.path.join(out_dir, "tune.md"), "w") as f:
         f.write(summary)
     print(f"\nswept in {time.monotonic() - start:.1f} s; table for {arch} written to "
-          f"{table_path or '(not written: --dry-run)'}; results in {out_dir}/\n")  # fmt: skip
+          f"{table_path or '(not written: --dry-run or --hidden)'}; results in {out_dir}/\n")  # fmt: skip
     print(summary.split("\n## ")[0])
     if args.dry_run:
         print("dry run: timings are interpreter wall times and mean nothing")

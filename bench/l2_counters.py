@@ -1,9 +1,9 @@
 """``python -m bench.l2_counters``: the large-M tiles' traffic from L2 into the SMs, read from
 Nsight Compute's counters.
 
-NOTES.md ("What bounds the large-M tiles") infers from timings that the 64x128 TMA tile at
+NOTES.md ("What bounds the large-M tiles") inferred from timings that the 64x128 TMA tile at
 M = 4096-8192 reads its operands from L2 at a ceiling of about 9 TB/s, and that the 128x128 tile
-runs below it. The counters say it directly: the bytes read from L2 into the SMs
+runs below it; the seventh run's counters refuted it (28-30% of the path's peak). What they read: the bytes read from L2 into the SMs
 (``l1tex__m_xbar2l1tex_read_bytes``, TMA copies included) against the model's (BLOCK_M + BLOCK_N)
 x K x 2 per output tile, and as a share of that path's peak. Two steps (``bench/run_gpu.sh`` runs
 both; a GPU whose counters cannot be read leaves a message and no table):
@@ -38,7 +38,7 @@ from bench.tune import HIDDEN, SEQ
 TMA_64x128 = dict(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3, tma=True)
 TMA_128x128 = dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, tma=True)
 # (name, M, TileConfig fields or None for cuBLAS's mm): the table's large-M tiles at the two
-# ends of its last bucket, each with the other's tile, and cuBLAS's GEMM for the ceiling it meets
+# ends of its last bucket, each with the other's tile, and cuBLAS's GEMM beside them
 CASES = (
     ("fused 64x128x64 w4 s3 tma", 4096, TMA_64x128),
     ("fused 128x128x64 w8 s3 tma", 4096, TMA_128x128),

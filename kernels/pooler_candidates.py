@@ -65,11 +65,11 @@ from .tiles import TileConfig, config_label
 #     registers): 128x128 s3 (96 KiB, 128 registers: two), s4 (128 KiB: one), 128x256 s3
 #     (144 KiB, ~170 registers: one), 64x128 w4 s4 (96 KiB: two) and s3 (72 KiB: three).
 #     sm_90 only: sm_80 has no TMA.
-#   * Every M, read from the tunes of runs 3-5 (NOTES.md, "What bounds the large-M tiles"): a grid
-#     reads (BLOCK_M + BLOCK_N) * K * 2 bytes from L2 per output tile, and the tiles that move
-#     the most of it run at 8-9 TB/s from M = 1024 up, never faster: a ceiling, it seems. So a
-#     tile's bytes per output (1 / BLOCK_M + 1 / BLOCK_N) weigh beside its programs per SM and
-#     its latency chain; at M = 4096-8192 the 64x128 tile is at that ceiling.
+#   * Every M (NOTES.md, "What bounds the large-M tiles"): a grid reads (BLOCK_M + BLOCK_N) * K * 2
+#     bytes from L2 per output tile; the tiles that move the most of it ran at 8-9 TB/s in runs
+#     3-5, which looked like a ceiling. The seventh run's counters put that at 28-30% of the
+#     L2-to-SM peak with no unit saturated: the large tiles are latency-bound, so bytes in flight
+#     per SM (CTAs per SM x chunks in flight) weigh more than bytes per output.
 # Every candidate is a multiple of 64 rows in whole warpgroups (wgmma on sm_90) except the 16- and
 # 32-row non-swapped ones, kept because at M <= 16 the MMA shape hardly matters.
 _HALF_CANDIDATES = (

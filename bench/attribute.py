@@ -82,8 +82,8 @@ def lines_for(m: int, dtype: torch.dtype, arch: str, sets: Sets) -> list[tuple]:
     from bertpool_fast.kernels.pooler import pick_config, pooler_fwd
     from bertpool_fast.kernels.tiles import TileConfig, config_label
 
-    cfg = pick_config(m, dtype, False, arch)
     h = sets.w[0].shape[0]
+    cfg = pick_config(m, dtype, False, arch, h)  # the runtime's pick for this square weight
     e = dtype.itemsize
     gemm_flops = 2 * m * h * h
     gemm_bytes = e * (h * h + 2 * m * h)  # weight, rows, output

@@ -4,7 +4,8 @@
 #      float64 reference, and writes the winning table for its architecture into
 #      kernels/pooler_tables.py (TUNE=0 keeps the committed table);
 #   1a. other widths: the same sweep at H = 1024 (TUNE_WIDTHS, a space-separated list; empty skips
-#      it), fp16, large M only, for reading (the tables stand for H = 768; its table is not used);
+#      it), large M only; its winners become that width's own table in kernels/pooler_tables.py
+#      (the main table's M buckets are tuned at H = 768);
 #   1b. attribution: `python3 -m bench.attribute` splits the large-M time of the fused kernel
 #      (tanh epilogue, bias, main loop, strided rows, TMA) next to cuBLAS (ATTRIBUTE=0 skips it);
 #   1c. L2 counters: Nsight Compute reads what the large-M tiles and cuBLAS move from L2 into the
@@ -87,17 +88,24 @@ if [ "$TUNE" = 1 ]; then
     say "tune exit code $TUNE_RC"
 fi
 
-# Which tiles win at other widths (the tables' M buckets are tuned at H = 768): for reading only.
+# Other widths: the main table's M buckets are tuned at H = 768, and a wider weight at the same M
+# makes more programs. Each width's winners (large M, where the grid's waves decide) become its
+# own table; smaller M keep the main table's tiles.
 TUNE_WIDTHS=${TUNE_WIDTHS-1024}
+WIDTH_BUDGET_S=${WIDTH_BUDGET_S:-60}
 if [ "$TUNE" = 1 ]; then
-    WIDTH_ARGS=(--batches 2048,4096,8192)
-    if [ "$DRY_RUN" = 1 ]; then WIDTH_ARGS=(--dry-run); fi
+    if [ "$DRY_RUN" = 1 ]; then
+        WIDTH_ARGS=(--dry-run --table-out "$RESULTS/pooler_tables.py")
+    else
+        WIDTH_ARGS=(--batches 2048,4096,8192)
+    fi
     for WIDTH in $TUNE_WIDTHS; do
-        say "tile sweep at H = $WIDTH (for reading; the table stays H = 768's)"
-        timeout $(( 70 * SLOW )) "$PY" -m bench.tune --hidden "$WIDTH" --dtypes fp16 --budget-s 40 \
-            --out "$RESULTS/tune-h$WIDTH" "${WIDTH_ARGS[@]}" > "$RESULTS/tune-h$WIDTH.log" 2>&1 \
+        say "tile sweep at H = $WIDTH, budget ${WIDTH_BUDGET_S}s (its own table; H = 768's stays)"
+        timeout $(( (WIDTH_BUDGET_S + 30) * SLOW )) "$PY" -m bench.tune --hidden "$WIDTH" \
+            --budget-s "$WIDTH_BUDGET_S" --out "$RESULTS/tune-h$WIDTH" "${WIDTH_ARGS[@]}" \
+            > "$RESULTS/tune-h$WIDTH.log" 2>&1 \
             || say "the sweep at H = $WIDTH failed (see $RESULTS/tune-h$WIDTH.log)"
-        grep "^| fp16" "$RESULTS/tune-h$WIDTH/tune.md" 2>/dev/null | head -n 3
+        grep "^| [fb][pf]16" "$RESULTS/tune-h$WIDTH/tune.md" 2>/dev/null | head -n 6
     done
 fi
 

@@ -370,7 +370,7 @@ def test_tma_launch_cost(request, bench_results, batch):
         plans = {}
         real_pick = pooler.pick_config
         for name, cfg in tiles.items():  # each tile's launch is cached by the calls above
-            pooler.pick_config = lambda m, dtype, bi, arch, c=cfg: c
+            pooler.pick_config = lambda m, dtype, bi, arch, width=None, c=cfg: c
             try:
                 plans[name] = pooler_plan.plan_pooler_fwd(h, w, b, "tanh")
             finally:

@@ -30,7 +30,7 @@ def test_checked_in_table_is_in_generated_form():
     # shows only what the measurements changed.
     with open(pooler_tables.__file__) as f:
         on_disk = f.read()
-    rendered = tune.render_module(pooler_tables.TABLES, pooler_tables.PROVENANCE, tune.TABLE_HEADER)
+    rendered = tune.render_module(tune.TableModule.current(), tune.TABLE_HEADER)
     assert rendered == on_disk
 
 
@@ -140,10 +140,10 @@ def test_a_tma_winner_round_trips_through_the_table_module(tmp_path):
     buckets = [_bucket(1024, TileConfig(64, 64, 64, 4, 4), winner), _bucket(4096, winner, winner)]
     table = tune.build_table(buckets, ((None, winner),))
     assert table[-1] == (None, winner)
-    tables = {a: dict(t) for a, t in pooler_tables.TABLES.items()}
-    tables["sm90"]["fp16"] = table
+    module = tune.TableModule.current()
+    module.tables["sm90"]["fp16"] = table
     path = tmp_path / "pooler_tables.py"
-    path.write_text(tune.render_module(tables, pooler_tables.PROVENANCE, tune.TABLE_HEADER))
+    path.write_text(tune.render_module(module, tune.TABLE_HEADER))
     assert "T(128, 128, 64, 8, 3, tma=True)" in path.read_text()
     assert _load(str(path)).TABLES["sm90"]["fp16"] == table
 
@@ -249,12 +249,68 @@ def test_a_pdl_winner_round_trips_through_the_table_module():
     assert eval(tune.render_config(cfg), {"T": TileConfig}) == cfg  # noqa: S307
 
 
-def test_a_sweep_at_another_width_never_writes_the_runtimes_table(tmp_path):
-    # the tables' M buckets stand for H = 768: another width's winners are for reading
-    assert tune.table_destination(None, False, tune.HIDDEN) == pooler_tables.__file__
-    assert tune.table_destination(None, False, 1024) is None
-    assert tune.table_destination(None, True, tune.HIDDEN) is None
-    assert tune.table_destination(str(tmp_path / "t.py"), False, 1024) == str(tmp_path / "t.py")
+def test_only_a_sweep_on_a_gpu_writes_the_runtimes_module(tmp_path):
+    assert tune.table_destination(None, False) == pooler_tables.__file__
+    assert tune.table_destination(None, True) is None
+    assert tune.table_destination(str(tmp_path / "t.py"), True) == str(tmp_path / "t.py")
+
+
+_ENV = {"device": "GPU", "date": "today", "torch": "t", "triton": "tr", "cuda": "c", "driver": "d"}
+
+
+def test_a_width_sweep_makes_that_widths_table_and_keeps_the_main_one(monkeypatch):
+    # The main table's M buckets stand for H = 768; a sweep at H = 1024 from M = 2048 up becomes
+    # 1024's own table: its rows from 1025 (the grid's M before 2048) up, a None row handing the
+    # smaller M back to the main table, which stays as it was.
+    a, b = TileConfig(128, 128, 64, 8, 4, tma=True), TileConfig(64, 128, 64, 4, 3, tma=True)
+    buckets = [_bucket(2048, a, b), _bucket(4096, b, a), _bucket(8192, b, a)]
+    before = tune.TableModule.current()
+    module = tune.new_tables(buckets, "sm90", _ENV, 1024, 128, width=1024)
+    assert module.tables == before.tables and module.provenance == before.provenance
+    assert module.width_tables["sm90"][1024] == {"fp16": ((1024, None), (2048, a), (None, b))}
+    text = module.width_provenance["sm90"][1024]
+    assert "H = 1024" in text and "tuned fp16 at M = 2048, 4096, 8192" in text
+    # once written, a later sweep of the other dtype at that width keeps the first one's table
+    monkeypatch.setattr(pooler_tables, "WIDTH_TABLES", module.width_tables)
+    monkeypatch.setattr(pooler_tables, "WIDTH_PROVENANCE", module.width_provenance)
+    later = tune.new_tables([_bucket(2048, b, a, "bf16")], "sm90", _ENV, 1024, 128, width=1024)
+    assert later.width_tables["sm90"][1024] == {
+        "fp16": ((1024, None), (2048, a), (None, b)),
+        "bf16": ((1024, None), (None, b)),
+    }
+    # a sweep from M = 1 has no None row; one starting off the grid hands back the M below it
+    assert tune.width_table([_bucket(1, a, b)], ((None, b),)) == ((None, a),)
+    assert tune.width_table([_bucket(3000, a, b)], ((None, b),)) == ((2048, None), (None, a))
+
+
+def test_a_width_table_round_trips_through_the_table_module(tmp_path):
+    a = TileConfig(128, 128, 64, 8, 3, tma=True, pdl=True)
+    module = tune.new_tables([_bucket(4096, a, a)], "sm90", _ENV, 1024, 128, width=1024)
+    path = tmp_path / "pooler_tables.py"
+    path.write_text(tune.render_module(module, tune.TABLE_HEADER))
+    loaded = _load(str(path))
+    assert loaded.WIDTH_TABLES == {"sm90": {1024: {"fp16": ((2048, None), (None, a))}}}
+    assert loaded.WIDTH_PROVENANCE == module.width_provenance
+    assert loaded.TABLES == pooler_tables.TABLES and loaded.PROVENANCE == pooler_tables.PROVENANCE
+    # rendering what was loaded gives the same source: a tune's diff shows only measurements
+    again = tune.TableModule(loaded.TABLES, loaded.PROVENANCE, loaded.WIDTH_TABLES,
+                             loaded.WIDTH_PROVENANCE)  # fmt: skip
+    assert tune.render_module(again, tune.TABLE_HEADER) == path.read_text()
+
+
+def test_dry_run_at_another_width_writes_that_widths_table(tmp_path):
+    # what bench/run_gpu.sh's DRY_RUN=1 runs for TUNE_WIDTHS: the interpreter sweeps its small H,
+    # the table is keyed by the width asked for, and the committed module stays as it is
+    before = open(pooler_tables.__file__).read()
+    target = tmp_path / "pooler_tables.py"
+    args = ["--dry-run", "--hidden", "1024", "--dtypes", "fp16", "--batches", "2"]
+    assert tune.main([*args, "--out", str(tmp_path / "o"), "--table-out", str(target)]) == 0
+    assert open(pooler_tables.__file__).read() == before
+    loaded = _load(str(target))
+    assert loaded.TABLES == pooler_tables.TABLES
+    rows = loaded.WIDTH_TABLES["default"][1024]["fp16"]
+    assert rows[0] == (1, None) and rows[-1][0] is None and isinstance(rows[-1][1], TileConfig)
+    assert json.loads((tmp_path / "o" / "tune.json").read_text())["width"] == 1024
 
 
 def test_hidden_must_be_positive(capsys):

@@ -31,9 +31,11 @@ table's current pick.
 ``--dry-run`` runs the same code path on a CPU through Triton's interpreter: three candidates, tiny
 sizes, wall-clock "timings" that mean nothing, and the table written under ``--out`` only.
 
-``--hidden H`` sweeps another width (BERT-large's 1024, MiniLM's 384) for reading: which tiles win
-there. The runtime's tables are keyed by M alone and stand for H = 768, so that sweep's table is
-written under ``--out`` only (or to ``--table-out``).
+``--hidden H`` sweeps another width (BERT-large's 1024, MiniLM's 384): the main table's M buckets
+are tuned at H = 768, and a wider weight at the same M makes more programs. Its winners become
+that width's own table (``WIDTH_TABLES[arch][H]`` in the same module), which the runtime reads for
+square [H, H] weights of that width; the M below the sweep's smallest keep the main table (a
+``None`` row), and the main table itself is never touched.
 """
 
 from __future__ import annotations
@@ -233,7 +235,7 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
                 _record(eager, time_call(eager_call, n, dry_run))
                 bucket.measurements.append(eager)
 
-                current = pick_config(m, dtype, False, arch)
+                current = pick_config(m, dtype, False, arch, hidden)
                 configs = [(current, "current table")]
                 configs += [(c, "candidate") for c in candidates_at(m, dtype, dry_run, arch)
                             if c != current]  # fmt: skip
@@ -323,6 +325,17 @@ def build_table(buckets: list[BucketResult], fallback: tuple) -> tuple:
     return tuple((m, cfg) for m, cfg in rows)
 
 
+def width_table(buckets: list[BucketResult], fallback: tuple) -> tuple:
+    """``build_table`` for a width's own table: the M below the smallest measured one, down to the
+    previous M of the tune's grid, are handed back to the main table (a None row)."""
+    rows = build_table(buckets, fallback)
+    smallest = min(b.m for b in buckets)
+    below = [m for m in BATCHES if m < smallest]
+    if below:
+        return ((below[-1], None), *rows)
+    return rows if smallest == 1 else ((smallest - 1, None), *rows)
+
+
 def render_config(cfg) -> str:
     extra = ""
     if cfg.split_k != 1:
@@ -341,29 +354,79 @@ def render_config(cfg) -> str:
             f"{cfg.num_stages}{extra})")  # fmt: skip
 
 
-def render_module(tables: dict, provenance: dict, header: str) -> str:
-    """The source of kernels/pooler_tables.py for these tables (the same layout as the file)."""
+@dataclass
+class TableModule:
+    """What kernels/pooler_tables.py holds: the main tables (H = 768) and the widths' own."""
+
+    tables: dict
+    provenance: dict
+    width_tables: dict = field(default_factory=dict)
+    width_provenance: dict = field(default_factory=dict)
+
+    @classmethod
+    def current(cls) -> TableModule:
+        """The module the runtime imported, as copies a new tune may change."""
+        from bertpool_fast.kernels import pooler_tables as t
+
+        return cls(
+            {arch: dict(by_dtype) for arch, by_dtype in t.TABLES.items()},
+            dict(t.PROVENANCE),
+            {arch: {h: dict(d) for h, d in by.items()} for arch, by in t.WIDTH_TABLES.items()},
+            {arch: dict(by) for arch, by in t.WIDTH_PROVENANCE.items()},
+        )
+
+
+def _render_text(key: str, text: str, indent: int) -> str:
+    """``key: "text",`` with one string literal per wrapped line, double-quoted: the layout ruff
+    format keeps."""
     import textwrap
 
+    pad = " " * indent
+    parts = textwrap.wrap(text, 88 - indent) or [""]
+    parts = [p + " " for p in parts[:-1]] + parts[-1:]  # the spaces the wrap took
+    return f"{pad}{key}: " + f"\n{pad}".join(json.dumps(p) for p in parts) + ","
+
+
+def _render_tables(by_dtype: dict, indent: int) -> list[str]:
+    pad = " " * indent
+    lines = []
+    for dtype_name, rows in by_dtype.items():
+        lines.append(f"{pad}{json.dumps(dtype_name)}: (")
+        for m, cfg in rows:
+            lines.append(f"{pad}    ({m!r}, {'None' if cfg is None else render_config(cfg)}),")
+        lines.append(f"{pad}),")
+    return lines
+
+
+def render_module(module: TableModule, header: str) -> str:
+    """The source of kernels/pooler_tables.py for these tables (the same layout as the file)."""
     lines = ['"""' + header.strip() + '\n"""', "", "from .tiles import TileConfig as T", ""]
     lines.append("PROVENANCE = {")
-    for arch, text in provenance.items():
-        # one string literal per wrapped line, double-quoted: the layout ruff format keeps
-        parts = textwrap.wrap(text, 84) or [""]
-        parts = [p + " " for p in parts[:-1]] + parts[-1:]  # the spaces the wrap took
-        lines.append(
-            f"    {json.dumps(arch)}: " + "\n    ".join(json.dumps(p) for p in parts) + ","
-        )
+    lines += [_render_text(json.dumps(arch), text, 4) for arch, text in module.provenance.items()]
     lines += ["}", "", "TABLES = {"]
-    for arch, by_dtype in tables.items():
-        lines.append(f"    {json.dumps(arch)}: {{")
-        for dtype_name, rows in by_dtype.items():
-            lines.append(f"        {json.dumps(dtype_name)}: (")
-            for m, cfg in rows:
-                lines.append(f"            ({m!r}, {render_config(cfg)}),")
-            lines.append("        ),")
-        lines.append("    },")
-    lines.append("}")
+    for arch, by_dtype in module.tables.items():
+        lines += [f"    {json.dumps(arch)}: {{", *_render_tables(by_dtype, 8), "    },"]
+    lines += ["}", ""]
+    if module.width_provenance:
+        lines.append("WIDTH_PROVENANCE = {")
+        for arch, by_width in module.width_provenance.items():
+            lines.append(f"    {json.dumps(arch)}: {{")
+            lines += [_render_text(str(h), text, 8) for h, text in by_width.items()]
+            lines.append("    },")
+        lines.append("}")
+    else:
+        lines.append("WIDTH_PROVENANCE = {}")
+    lines.append("")
+    if module.width_tables:
+        lines.append("WIDTH_TABLES = {")
+        for arch, by_width in module.width_tables.items():
+            lines.append(f"    {json.dumps(arch)}: {{")
+            for h, by_dtype in by_width.items():
+                lines += [f"        {h}: {{", *_render_tables(by_dtype, 12), "        },"]
+            lines.append("    },")
+        lines.append("}")
+    else:
+        lines.append("WIDTH_TABLES = {}")
     return "\n".join(lines) + "\n"
 
 
@@ -375,31 +438,46 @@ were. ``PROVENANCE`` says, per architecture, where its tables came from (GPU, da
 Each table is ((largest M the row serves, config), ...), increasing, the last bound None.
 Architectures: "sm<major><minor>" of a compute capability ("sm90" = 9.0, exact match only) and
 "default" (every other GPU, and the CPU interpreter).
+``TABLES`` is tuned at H = 768 and serves every width. ``WIDTH_TABLES[arch][H]`` (from
+``python -m bench.tune --hidden H``) serves square [H, H] weights of that width on that
+architecture instead; its rows cover the M it measured, and a row whose config is None hands
+those M back to ``TABLES``. ``WIDTH_PROVENANCE`` says where each came from.
 """
 
 
-def new_tables(buckets: list[BucketResult], arch: str, env: dict, hidden: int,
-               seq: int) -> tuple[dict, dict]:  # fmt: skip
-    """The tables module's (TABLES, PROVENANCE) with ``arch``'s measured dtypes replaced."""
-    from bertpool_fast.kernels import pooler_tables
-
-    tables = {a: dict(t) for a, t in pooler_tables.TABLES.items()}
-    provenance = dict(pooler_tables.PROVENANCE)
-    base = dict(tables.get(arch, tables["default"]))
-    tuned = sorted({b.dtype for b in buckets})
+def new_tables(buckets: list[BucketResult], arch: str, env: dict, hidden: int, seq: int,
+               width: Optional[int] = None) -> TableModule:  # fmt: skip
+    """The tables module with ``arch``'s measured dtypes replaced: its main tables, or with
+    ``width`` that width's own tables (the main ones untouched). ``hidden``: the H swept (a dry
+    run sweeps a smaller one)."""
+    module = TableModule.current()
+    tuned = sorted({b.dtype for b in buckets}, key=list(TOLERANCE).index)  # fp16, bf16, fp32
+    main = module.tables.get(arch, module.tables["default"])
+    base = dict(main if width is None else module.width_tables.get(arch, {}).get(width, {}))
     for dtype_name in tuned:
-        base[dtype_name] = build_table([b for b in buckets if b.dtype == dtype_name],
-                                       base[dtype_name])  # fmt: skip
-    tables[arch] = base
-    provenance[arch] = (
+        measured = [b for b in buckets if b.dtype == dtype_name]
+        if width is None:
+            base[dtype_name] = build_table(measured, base[dtype_name])
+        else:
+            base[dtype_name] = width_table(measured, main[dtype_name])
+    text = (
         f"generated by python -m bench.tune on {env['device']}"
         + (f" ({env['sms']} SMs)" if "sms" in env else "")
         + ", "
         f"{env['date']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
         f"driver {env['driver']}; H = {hidden}, S = {seq}; tuned {', '.join(tuned)}"
-        + ("" if set(tuned) >= set(base) else "; other dtypes kept from the previous table")
     )
-    return tables, provenance
+    if width is None:
+        module.tables[arch] = base
+        module.provenance[arch] = text + (
+            "" if set(tuned) >= set(base) else "; other dtypes kept from the previous table"
+        )
+    else:
+        batches = ", ".join(str(m) for m in sorted({b.m for b in buckets}))
+        module.width_tables.setdefault(arch, {})[width] = base
+        below = "; smaller M take the main table" if min(b.m for b in buckets) > 1 else ""
+        module.width_provenance.setdefault(arch, {})[width] = text + f" at M = {batches}{below}"
+    return module
 
 
 def summary_markdown(buckets: list[BucketResult], env: dict, arch: str,
@@ -433,12 +511,12 @@ def _us(x: Optional[Measurement]) -> str:
     return f"{x.median_us:.2f}" if x is not None and x.median_us is not None else "-"
 
 
-def table_destination(table_arg: Optional[str], dry_run: bool, hidden: int) -> Optional[str]:
+def table_destination(table_arg: Optional[str], dry_run: bool) -> Optional[str]:
     """Where the table goes besides --out: --table-out if given, else the runtime's own module,
-    but only from a sweep on a GPU at H = HIDDEN (the width the tables' M buckets stand for)."""
+    but only from a sweep on a GPU."""
     if table_arg is not None:
         return table_arg
-    if dry_run or hidden != HIDDEN:
+    if dry_run:
         return None
     from bertpool_fast.kernels import pooler_tables
 
@@ -453,9 +531,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "of the table (default: bench/results/tune-<gpu>-<date>)")  # fmt: skip
     parser.add_argument("--dtypes", default="fp16,bf16", help="comma-separated (fp32 optional)")
     parser.add_argument("--hidden", type=int, default=HIDDEN,
-                        help=f"H (= N = K) to sweep at (default {HIDDEN}). The tables' rows are M "
-                        f"buckets at H = {HIDDEN}: at another H the table is written under --out "
-                        "only (or to --table-out), never over the runtime's")  # fmt: skip
+                        help=f"H (= N = K) to sweep at (default {HIDDEN}, the main table's). At "
+                        "another H the winners become that width's own table, for square [H, H] "
+                        "weights; the main table is kept")  # fmt: skip
     parser.add_argument("--batches", default=None, help="comma-separated M values (default: "
                         + ",".join(map(str, BATCHES)) + ")")  # fmt: skip
     parser.add_argument(
@@ -495,6 +573,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.hidden < 1:
         parser.error(f"--hidden: expected a positive width, got {args.hidden}")
     hidden, seq = (DRY_RUN["hidden"], DRY_RUN["seq"]) if args.dry_run else (args.hidden, SEQ)
+    # whose table the winners become: the main table's (H = 768) or a width's own; a dry run
+    # sweeps a small H either way and keys the table by the H asked for
+    width = None if args.hidden == HIDDEN else args.hidden
     env = harness.environment()
     # this GPU's own table, whether the file has one yet or not; the interpreter's is "default"
     arch = arch_key(*torch.cuda.get_device_capability()) if harness.HAS_CUDA else "default"
@@ -509,7 +590,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             dtype = harness.DTYPES_BY_NAME[d]
             for m in batches:
                 for cfg in [
-                    pick_config(m, dtype, False, arch),
+                    pick_config(m, dtype, False, arch, hidden),
                     *candidates_at(m, dtype, args.dry_run, arch),
                 ]:
                     # and its PDL form, which the sweep times if this config is the fastest
@@ -522,24 +603,27 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     start = time.monotonic()
     buckets = sweep(dtypes, batches, hidden, seq, args.dry_run, budget, arch, frozenset(unfinished))
-    tables, provenance = new_tables(buckets, arch, env, hidden, seq)
-    source = render_module(tables, provenance, TABLE_HEADER)
+    module = new_tables(buckets, arch, env, hidden, seq, width)
+    source = render_module(module, TABLE_HEADER)
     compile(source, "pooler_tables.py", "exec")  # a table that does not parse is never written
-    table_path = table_destination(args.table, args.dry_run, hidden)
+    table_path = table_destination(args.table, args.dry_run)
     for path in filter(None, (table_path, os.path.join(out_dir, "pooler_tables.py"))):
         with open(path, "w") as f:
             f.write(source)
+    written = module.tables[arch] if width is None else module.width_tables[arch][width]
     with open(os.path.join(out_dir, "tune.json"), "w") as f:
         json.dump({"env": env, "arch": arch, "dry_run": args.dry_run, "hidden": hidden, "seq": seq,
                    "sweep_s": time.monotonic() - start,
                    "buckets": [asdict(b) for b in buckets],
-                   "table": {d: [(m, cfg._asdict()) for m, cfg in rows]
-                             for d, rows in tables[arch].items()}}, f, indent=1)  # fmt: skip
+                   "width": width,
+                   "table": {d: [(m, cfg and cfg._asdict()) for m, cfg in rows]
+                             for d, rows in written.items()}}, f, indent=1)  # fmt: skip
     summary = summary_markdown(buckets, env, arch, hidden)
     with open(os.path.join(out_dir, "tune.md"), "w") as f:
         f.write(summary)
-    print(f"\nswept in {time.monotonic() - start:.1f} s; table for {arch} written to "
-          f"{table_path or '(not written: --dry-run or --hidden)'}; results in {out_dir}/\n")  # fmt: skip
+    which = arch if width is None else f"{arch} at H = {width}"
+    print(f"\nswept in {time.monotonic() - start:.1f} s; table for {which} written to "
+          f"{table_path or '(not written: --dry-run)'}; results in {out_dir}/\n")  # fmt: skip
     print(summary.split("\n## ")[0])
     if args.dry_run:
         print("dry run: timings are interpreter wall times and mean nothing")

@@ -57,6 +57,29 @@ POOLER_TABLES = {
     for arch, tables in _pooler_tables.TABLES.items()
 }
 POOLER_CONFIGS = POOLER_TABLES["default"]
+# Per width (square [H, H] weights), where a GPU run tuned one: the M buckets above stand for
+# H = 768, and a wider weight at the same M makes more programs (H = 1024's 64x128 tiles at
+# M = 4096: 512 programs for 396 resident slots on an H100, where 768's make 384).
+POOLER_WIDTH_TABLES = {
+    arch: {
+        hidden: {dtype: tables[name] for dtype, name in DTYPE_NAMES.items() if name in tables}
+        for hidden, tables in by_width.items()
+    }
+    for arch, by_width in _pooler_tables.WIDTH_TABLES.items()
+}
+
+
+def width_table_configs() -> list:
+    """(arch, H, dtype, config) of every tile in the widths' own tables (None rows left out)."""
+    return [
+        (arch, hidden, dtype, cfg)
+        for arch, by_width in POOLER_WIDTH_TABLES.items()
+        for hidden, by_dtype in by_width.items()
+        for dtype, rows in by_dtype.items()
+        for _, cfg in rows
+        if cfg is not None
+    ]
+
 
 # Batch-invariant tiles (``batch_invariant=True``): a row's output is bitwise the same whatever batch
 # it arrives in. Each output element is one dot product over K; it comes out the same in every tile
@@ -113,12 +136,28 @@ def arch_key(major: int, minor: int) -> str:
 
 @functools.cache
 def pick_config(
-    m: int, dtype: torch.dtype, batch_invariant: bool = False, arch: str = "default"
+    m: int,
+    dtype: torch.dtype,
+    batch_invariant: bool = False,
+    arch: str = "default",
+    width: Optional[int] = None,
 ) -> TileConfig:
+    """The tile for M rows. ``width``: H of a square [H, H] weight (None for any other shape),
+    which takes that width's own table on ``arch`` where there is one."""
     if batch_invariant:
         # one table for every architecture: its guarantee is a property of the tiles, not a speed
         return pick_tile(BATCH_INVARIANT_CONFIGS[dtype], m)
+    by_width = POOLER_WIDTH_TABLES.get(arch, {}).get(width, {})
+    if dtype in by_width:
+        config = pick_tile(by_width[dtype], m)
+        if config is not None:  # None: this M was not tuned at this width
+            return config
     return pick_tile(POOLER_TABLES[arch][dtype], m)
+
+
+def square_width(n: int, k: int) -> Optional[int]:
+    """``pick_config``'s ``width`` for an [N, K] weight: H when N = K = H, else None."""
+    return n if n == k else None
 
 
 @triton.jit
@@ -628,7 +667,7 @@ def pooler_fwd(
     does not depend on M. config: run this tile instead of the table's pick (tuning, tests); it
     overrides batch_invariant's table too. Returns [M, N] in that dtype.
     """
-    m, n = x.shape[0], weight.shape[0]
+    m, k, n = x.shape[0], x.shape[-1], weight.shape[0]
     dtype = x.dtype
     device = x.device  # read once: each read builds a torch.device
     if out is None:
@@ -637,7 +676,7 @@ def pooler_fwd(
         return out
     # k == 0 needs no special case: the K loop runs zero times and the result is act(bias).
     if config is None:
-        config = pick_config(m, dtype, batch_invariant, device_arch(device))
+        config = pick_config(m, dtype, batch_invariant, device_arch(device), square_width(n, k))
     else:
         check_config(config)
         if config.pdl:

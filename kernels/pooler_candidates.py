@@ -14,6 +14,7 @@ from .pooler import (
     pooler_fwd_kernel,
     pooler_fwd_persistent_kernel,
     pooler_fwd_tma_kernel,
+    width_table_configs,
 )
 from .tiles import TileConfig, config_label
 
@@ -246,6 +247,10 @@ def inspection_cases() -> list:
                     # would compile into pointer loads, and spill, for sm_80)
                     tags["only_arch"] = inspection_arch(table_name)
                 cases.append(inspection_case(name, dtype, cfg, tags))
+    for arch, hidden, dtype, cfg in width_table_configs():
+        name = f"pooler_fwd {DTYPE_NAMES[dtype]} {arch} H={hidden} {config_label(cfg)}"
+        tags = {"table": f"{arch} H={hidden}", "only_arch": inspection_arch(arch)}
+        cases.append(inspection_case(name, dtype, cfg, tags))
     for dtype, candidates in TUNE_CANDIDATES.items():
         for lo, hi, cfg in candidates:
             name = f"pooler_fwd_candidate {DTYPE_NAMES[dtype]} {config_label(cfg)}"

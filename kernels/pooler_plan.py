@@ -39,7 +39,8 @@ def plan_pooler_fwd(
     if x.dim() != 3 or m == 0 or n == 0:
         return None
     device = x.device
-    config = pooler.pick_config(m, x.dtype, False, pooler.device_arch(device))
+    width = pooler.square_width(n, x.shape[-1])
+    config = pooler.pick_config(m, x.dtype, False, pooler.device_arch(device), width)
     out = torch.empty((m, n), dtype=x.dtype, device=device)
     launch, grid, args, constexprs = pooler.launch_args(
         x, weight, bias, activation, out, config, device

@@ -6,6 +6,10 @@ were. ``PROVENANCE`` says, per architecture, where its tables came from (GPU, da
 Each table is ((largest M the row serves, config), ...), increasing, the last bound None.
 Architectures: "sm<major><minor>" of a compute capability ("sm90" = 9.0, exact match only) and
 "default" (every other GPU, and the CPU interpreter).
+``TABLES`` is tuned at H = 768 and serves every width. ``WIDTH_TABLES[arch][H]`` (from
+``python -m bench.tune --hidden H``) serves square [H, H] weights of that width on that
+architecture instead; its rows cover the M it measured, and a row whose config is None hands
+those M back to ``TABLES``. ``WIDTH_PROVENANCE`` says where each came from.
 """
 
 from .tiles import TileConfig as T
@@ -98,3 +102,7 @@ TABLES = {
         ),
     },
 }
+
+WIDTH_PROVENANCE = {}
+
+WIDTH_TABLES = {}

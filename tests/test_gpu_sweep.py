@@ -248,6 +248,7 @@ def test_sweep_pooler_fwd_interpreter(args):
 def test_sweep_covers_every_shipped_config():
     shipped = [*pooler.POOLER_TABLES.values(), pooler.BATCH_INVARIANT_CONFIGS]
     tables = {(d, cfg) for t in shipped for d, rows in t.items() for _, cfg in rows}
+    tables |= {(d, cfg) for _, _, d, cfg in pooler.width_table_configs()}
     covered = {(d, cfg) for d, cfg, _ in shipped_pooler_configs()}
     # a half-precision config is swept in both fp16 and bf16, so the sweep may cover more
     assert tables <= covered, tables - covered

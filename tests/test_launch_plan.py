@@ -253,7 +253,7 @@ def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     # the table's tile decides the launch's arguments: split-K scratch, the persistent kernel's
     # shorter signature and one-program-per-SM grid, the TMA kernel's descriptors (remade per
     # call around the rows' address and row stride); a plan must hand each the right ones
-    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: config)
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch, width=None: config)
     hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
     kernel = stand_in.kernel
     if config.persistent or config.tma:
@@ -281,7 +281,7 @@ def test_a_pdl_tile_is_compiled_for_it_launched_with_it_and_planned(stand_in, mo
     # this is a GPU launch path.
     monkeypatch.setattr(pooler, "_INTERPRETED", False)
     config = TileConfig(16, 32, 64, 4, 3, pdl=True)
-    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: config)
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch, width=None: config)
     hidden, weight, bias = _inputs()
     kernel = stand_in.kernel
     _, planned = _run(stand_in, hidden, weight, bias)
@@ -299,7 +299,7 @@ def test_a_pdl_tile_is_compiled_for_it_launched_with_it_and_planned(stand_in, mo
 def test_a_tma_plan_refuses_rows_a_descriptor_cannot_hold(stand_in, monkeypatch):
     # planned with a row stride of 600 elements (not divisible by 16: Triton's specialization
     # would allow 612 too), but a descriptor's strides are multiples of 16 bytes: 612 * 2 is not
-    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: TileConfig(
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch, width=None: TileConfig(
         64, 64, 64, 4, 3, tma=True))  # fmt: skip
     hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
     _run(stand_in, hidden, weight, bias)
@@ -395,7 +395,7 @@ class TritonShapedCompiled:
 def tma_stand_in(stand_in, monkeypatch, request):
     """The stand-in pooler launchers, with the TMA kernel's launcher shaped as Triton's and the
     table choosing a TMA tile."""
-    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch: TileConfig(
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch, width=None: TileConfig(
         64, 64, 64, 4, 3, tma=True))  # fmt: skip
     monkeypatch.setattr(descriptor_launch, "_failed", False)
     stand_in.tma.kernel.compiled = TritonShapedCompiled(request.param)

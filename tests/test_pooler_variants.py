@@ -20,6 +20,7 @@ from bertpool_fast.kernels.pooler import (
     pick_config,
     pooler_fwd,
     table_arch,
+    width_table_configs,
 )
 from bertpool_fast.kernels.pooler_candidates import (
     ARCH_CANDIDATES,
@@ -121,10 +122,15 @@ def test_device_table_gpu(dtype):
     # Compiled: the split-K ticket handshake and the transposed SWAP_AB store only mean something
     # on real hardware. Every config of this GPU's own table at H = 768 (the tuned size, compiled
     # already by a tune run), and those with a split or a swap at an odd size too (tails in M/N/K).
-    # python -m bench.tune checks every candidate the same way before it can be picked.
-    table = POOLER_TABLES[table_arch(torch.empty(0, device="cuda").device)][dtype]
-    for cfg in dict.fromkeys(cfg for _, cfg in table):
-        shapes = [(b, 768, 768) for b in (1, 17, 300)]
+    # python -m bench.tune checks every candidate the same way before it can be picked. A width's
+    # own tiles run at that width.
+    arch = table_arch(torch.empty(0, device="cuda").device)
+    tiles = {(cfg, 768): None for _, cfg in POOLER_TABLES[arch][dtype]}
+    tiles.update(
+        ((cfg, h), None) for a, h, d, cfg in width_table_configs() if (a, d) == (arch, dtype)
+    )
+    for cfg, h in tiles:
+        shapes = [(b, h, h) for b in (1, 17, 300)]
         if cfg.split_k > 1 or cfg.swap_ab:
             shapes.append((37, 200, 88))
         for b, h_in, h_out in shapes:

@@ -318,3 +318,15 @@ def test_hidden_must_be_positive(capsys):
         tune.main(["--dry-run", "--hidden", "0"])
     assert exc.value.code == 2
     assert "--hidden: expected a positive width, got 0" in capsys.readouterr().err
+
+
+def test_a_width_sweep_needs_the_gpus_own_main_table(capsys, monkeypatch):
+    # the runtime reads a width's table only on an architecture that has a main table: on a GPU
+    # without one, a width sweep would write a table nothing reads
+    monkeypatch.setattr(tune.harness, "HAS_CUDA", True)
+    monkeypatch.setattr(tune.harness, "gpu_or_dry_run", lambda name, dry_run: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    with pytest.raises(SystemExit) as exc:
+        tune.main(["--hidden", "1024", "--out", os.devnull])
+    assert exc.value.code == 2
+    assert "--hidden 1024: this GPU (sm89) has no table yet" in capsys.readouterr().err

@@ -576,9 +576,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     # whose table the winners become: the main table's (H = 768) or a width's own; a dry run
     # sweeps a small H either way and keys the table by the H asked for
     width = None if args.hidden == HIDDEN else args.hidden
-    env = harness.environment()
     # this GPU's own table, whether the file has one yet or not; the interpreter's is "default"
     arch = arch_key(*torch.cuda.get_device_capability()) if harness.HAS_CUDA else "default"
+    if width is not None and arch not in TableModule.current().tables:
+        # the runtime reads a width's table only on an architecture with a main table of its own
+        parser.error(f"--hidden {width}: this GPU ({arch}) has no table yet; tune H = {HIDDEN} "
+                     "first (python -m bench.tune)")  # fmt: skip
+    env = harness.environment()
     out_dir = args.out or os.path.join("bench", "results", "tune-" + harness.results_dir_name(env))
     os.makedirs(out_dir, exist_ok=True)
 

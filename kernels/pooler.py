@@ -24,7 +24,7 @@ from . import pooler_tables as _pooler_tables
 from .activations import apply_activation
 from .launch import CachedLaunch
 from .precision import round_to
-from .runtime import device_of, interpreter_enabled
+from .runtime import device_of, interpreter_enabled, triton_version
 from .tiles import TileConfig, pick_tile
 
 # Tile tables, per (architecture, dtype), keyed by the largest M (batch) each row serves. They live
@@ -148,11 +148,29 @@ def pick_config(
         # one table for every architecture: its guarantee is a property of the tiles, not a speed
         return pick_tile(BATCH_INVARIANT_CONFIGS[dtype], m)
     by_width = POOLER_WIDTH_TABLES.get(arch, {}).get(width, {})
-    if dtype in by_width:
-        config = pick_tile(by_width[dtype], m)
-        if config is not None:  # None: this M was not tuned at this width
-            return config
-    return pick_tile(POOLER_TABLES[arch][dtype], m)
+    config = pick_tile(by_width[dtype], m) if dtype in by_width else None
+    if config is None:  # no table at this width, or this M was not tuned at it
+        config = pick_tile(POOLER_TABLES[arch][dtype], m)
+    return config if warp_specialized_tile_compiles(config) else unspecialized_tile(config)
+
+
+# Triton 3.6 (the GPU machines') compiles a warp-specialized tile of 128 rows into a producer and
+# two consumer warpgroups of 64 rows each; Triton 3.9's pass splits the X copy between the two
+# but not its descriptor's block, and the compile fails ("descriptor block and tensor must have
+# the same number of elements"). 3.7 and 3.8 are untested and taken as 3.9. A table tuned with 3.6
+# may hold such a tile, so pick_config runs it unspecialized on those releases.
+WARP_SPECIALIZED_ROWS_ERROR = "descriptor block and tensor must have the same number of elements"
+
+
+def warp_specialized_tile_compiles(config: TileConfig) -> bool:
+    """Whether this Triton compiles ``config`` (only 128-row warp-specialized tiles may not)."""
+    return not (config.warp_specialize and config.block_m > 64) or triton_version() < (3, 7)
+
+
+def unspecialized_tile(config: TileConfig) -> TileConfig:
+    """A warp-specialized tile without it: its two consumer warpgroups as 8 plain warps, the same
+    tile and stages (correct; its speed is not what the tune measured)."""
+    return config._replace(warp_specialize=False, num_warps=8)
 
 
 def square_width(n: int, k: int) -> Optional[int]:
@@ -592,6 +610,12 @@ def check_config(config: TileConfig) -> None:
         raise ValueError(f"config.tma: a TMA box is at most 256 elements a side: {config}")
     if config.warp_specialize and (not config.tma or config.persistent):
         raise ValueError(f"config.warp_specialize needs config.tma, not persistent: {config}")
+    if not _INTERPRETED and not warp_specialized_tile_compiles(config):
+        raise ValueError(
+            f"config.warp_specialize: Triton {'.'.join(map(str, triton_version()))} cannot compile "
+            f"a warp-specialized tile of {config.block_m} rows (Triton 3.6 does); use "
+            f"warp_specialize=False: {config}"
+        )
 
 
 # Split-K scratch per (device, stream): fp32 partial sums and the per-tile ticket counters, which

@@ -11,9 +11,12 @@ from .pooler import (
     BATCH_INVARIANT_CONFIGS,
     DTYPE_NAMES,
     POOLER_TABLES,
+    WARP_SPECIALIZED_ROWS_ERROR,
     pooler_fwd_kernel,
     pooler_fwd_persistent_kernel,
     pooler_fwd_tma_kernel,
+    unspecialized_tile,
+    warp_specialized_tile_compiles,
     width_table_configs,
 )
 from .tiles import TileConfig, config_label
@@ -157,14 +160,20 @@ _SM90_HALF_CANDIDATES = (
     # with TMA loads
     (64, 1024, TileConfig(64, 32, 128, 4, 4, tma=True)),
     (64, 1024, TileConfig(64, 64, 128, 4, 3, tma=True)),
-    # and warp-specialized (unmeasured): a producer warp for the copies and two consumer
-    # warpgroups for the MMAs (Triton makes it 12 warps, 168 registers; 128-row and 8-warp tiles
-    # are not warp-specialized by Triton 3.6, or fail to compile with 3.9)
-    (64, 1024, TileConfig(64, 32, 128, 4, 4, tma=True, warp_specialize=True)),
-    (64, 1024, TileConfig(64, 64, 128, 4, 3, tma=True, warp_specialize=True)),
-    (128, 2048, TileConfig(64, 64, 64, 4, 4, tma=True, warp_specialize=True)),
-    (1024, 8192, TileConfig(64, 128, 64, 4, 4, tma=True, warp_specialize=True)),
-    (1024, 8192, TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True)),
+    # and warp-specialized: a producer warpgroup issues the copies and two consumer warpgroups
+    # the MMAs, each on its own 64 rows (Triton 3.6 makes num_warps 4 into 12 warps at 168
+    # registers, one CTA per SM); the CTA barriers of every K step become mbarrier waits. Only
+    # 128-row tiles: at 64 rows Triton 3.6 cannot split the tile between the two consumers and
+    # each computes all of it (its TTGIR holds two identical partitions), which is why the 64-row
+    # tiles tuned here through run 7 measured about 2x their plain twins. After the seventh run,
+    # unmeasured: cooperative 128x128 (M = 1024 up: one tile per SM at 2048, where the plain
+    # 128x128 s4 tile, also one CTA per SM, won) and 128x256 (the shape cuBLAS-like Hopper GEMMs
+    # use). Triton 3.9 cannot compile them (pooler.warp_specialized_tile_compiles says what the
+    # runtime does then).
+    (1024, 8192, TileConfig(128, 128, 64, 4, 3, tma=True, warp_specialize=True)),
+    (1024, 8192, TileConfig(128, 128, 64, 4, 4, tma=True, warp_specialize=True)),
+    (2048, 8192, TileConfig(128, 256, 64, 4, 2, tma=True, warp_specialize=True)),
+    (2048, 8192, TileConfig(128, 256, 64, 4, 3, tma=True, warp_specialize=True)),
     # and persistent (unmeasured): at M = 8192 the TMA tile's epilogue adds 3 us that nothing
     # hides (attribution, third run); a tile loop flattened with the K loop lets the pipeliner
     # issue the next tile's copies during this tile's epilogue. The pointer kernel's persistent
@@ -264,6 +273,11 @@ def inspection_cases() -> list:
                 only = inspection_arch(arch)
                 tags = {"table": "candidate", "m_range": (lo, hi), "only_arch": only}
                 cases.append(inspection_case(name, dtype, cfg, tags))
+                if cfg.warp_specialize and cfg.block_m > 64:
+                    # what pick_config runs instead where Triton cannot compile it
+                    plain = unspecialized_tile(cfg)
+                    name = f"pooler_fwd_fallback {DTYPE_NAMES[dtype]} {arch} {config_label(plain)}"
+                    cases.append(inspection_case(name, dtype, plain, dict(tags, table="fallback")))
     for dtype in (torch.float16, torch.bfloat16):
         for cfg in PDL_INSPECTION_TILES:
             name = f"pooler_fwd_pdl {DTYPE_NAMES[dtype]} sm90 {config_label(cfg)}"
@@ -318,6 +332,8 @@ def inspection_case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
         }
         divisible = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", *scratch, "N", "K", "stride_xm",
                      "stride_wn", "stride_om")  # fmt: skip
+    if not warp_specialized_tile_compiles(cfg):
+        tags = dict(tags, known_failure=WARP_SPECIALIZED_ROWS_ERROR)  # this Triton cannot build it
     return KernelCase(
         name=name,
         kernel=kernel,

@@ -16,16 +16,22 @@ def interpreter_enabled() -> bool:
     return _INTERPRETER
 
 
+def triton_version() -> tuple[int, int]:
+    """(major, minor) of the installed Triton."""
+    import triton
+
+    return tuple(int(v) for v in triton.__version__.split(".")[:2])
+
+
 def _squeeze_scalar_arguments() -> None:
     # Triton's interpreter passes each scalar kernel argument as a 1-element array. Up to 3.7 its
     # tensor.__index__ is int(array), which NumPy >= 2.4 refuses ("only 0-dimensional arrays can
     # be converted to Python scalars"), so every `range(0, K, BLOCK_K)` loop failed. Triton 3.8+
     # squeezes the array first; give older releases that same __index__. Interpreter only.
-    import triton
     from triton.runtime import interpreter
 
     original = getattr(interpreter, "_patch_lang_tensor", None)
-    if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 8) or original is None:
+    if triton_version() >= (3, 8) or original is None:
         return
 
     def patch_lang_tensor(tensor, scope):

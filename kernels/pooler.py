@@ -549,16 +549,26 @@ def pooler_fwd_tma_kernel(
     grid of about one program per SM walks the tiles i, i + programs, ... as
     pooler_fwd_persistent_kernel does; its loop is flattened with the K loop, so the pipeliner may
     issue the next tile's first copies before this tile's epilogue; it adds the bias after the K
-    loop (bias_accumulator says why)."""
+    loop (bias_accumulator says why). WARP_SPECIALIZE: a producer warpgroup issues the copies and
+    two consumer warpgroups the MMAs (dot_k_tma); with PERSISTENT, of the whole tile loop."""
     if PDL:
         gdc_wait()
     if PERSISTENT:
         tiles_n = tl.cdiv(N, BLOCK_N)
         tiles = tl.cdiv(M, BLOCK_M) * tiles_n
-        for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+        # WARP_SPECIALIZE: the tile loop is specialized, not the K loop, so the producer copies
+        # the next tile's chunks while the consumers run this tile's epilogue (Triton specializes
+        # only a loop it does not flatten)
+        for tile in tl.range(
+            tl.program_id(0),
+            tiles,
+            tl.num_programs(0),
+            flatten=not WARP_SPECIALIZE,
+            warp_specialize=WARP_SPECIALIZE,
+        ):
             tma_output_tile(x_desc, w_desc, b_ptr, out_ptr, tile // tiles_n, tile % tiles_n, M, N,
                             K, stride_b, stride_om, HAS_BIAS, ACTIVATION, INTERPRETED_BF16,
-                            BLOCK_M, BLOCK_N, BLOCK_K, WARP_SPECIALIZE, False)  # fmt: skip
+                            BLOCK_M, BLOCK_N, BLOCK_K, False, False)  # fmt: skip
     else:
         tma_output_tile(x_desc, w_desc, b_ptr, out_ptr, tl.program_id(1), tl.program_id(0), M, N,
                         K, stride_b, stride_om, HAS_BIAS, ACTIVATION, INTERPRETED_BF16, BLOCK_M,
@@ -608,8 +618,8 @@ def check_config(config: TileConfig) -> None:
         raise ValueError(f"config.tma takes neither split_k nor swap_ab: {config}")
     if config.tma and max(config.block_m, config.block_n, config.block_k) > 256:
         raise ValueError(f"config.tma: a TMA box is at most 256 elements a side: {config}")
-    if config.warp_specialize and (not config.tma or config.persistent):
-        raise ValueError(f"config.warp_specialize needs config.tma, not persistent: {config}")
+    if config.warp_specialize and not config.tma:
+        raise ValueError(f"config.warp_specialize needs config.tma: {config}")
     if not _INTERPRETED and not warp_specialized_tile_compiles(config):
         raise ValueError(
             f"config.warp_specialize: Triton {'.'.join(map(str, triton_version()))} cannot compile "

@@ -174,6 +174,11 @@ _SM90_HALF_CANDIDATES = (
     (1024, 8192, TileConfig(128, 128, 64, 4, 4, tma=True, warp_specialize=True)),
     (2048, 8192, TileConfig(128, 256, 64, 4, 2, tma=True, warp_specialize=True)),
     (2048, 8192, TileConfig(128, 256, 64, 4, 3, tma=True, warp_specialize=True)),
+    # and persistent, the tile loop specialized: the producer copies the next tile's chunks
+    # while the consumers run this tile's epilogue (the overlap the plain persistent tiles were
+    # for; 168 registers, 112-144 KiB). 128x256 spills there (136 B), so not tried.
+    (2048, 8192, TileConfig(128, 128, 64, 4, 3, tma=True, persistent=True, warp_specialize=True)),
+    (2048, 8192, TileConfig(128, 128, 64, 4, 4, tma=True, persistent=True, warp_specialize=True)),
     # and persistent (unmeasured): at M = 8192 the TMA tile's epilogue adds 3 us that nothing
     # hides (attribution, third run); a tile loop flattened with the K loop lets the pipeliner
     # issue the next tile's copies during this tile's epilogue. The pointer kernel's persistent

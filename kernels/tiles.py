@@ -20,8 +20,9 @@ class TileConfig(NamedTuple):
     # X and W tiles loaded by the TMA copy engine through tensor descriptors (plain tiles only,
     # fp16/bf16; kernels/pooler.py)
     tma: bool = False
-    # TMA tiles only: Triton splits the K loop into a producer warp issuing the copies and
-    # consumer warpgroups issuing the MMAs (tl.range(warp_specialize=True); kernels/pooler.py)
+    # TMA tiles only: Triton splits the K loop (a persistent tile's tile loop) into a producer
+    # warpgroup issuing the copies and two consumer warpgroups issuing the MMAs on 64 rows each
+    # (tl.range(warp_specialize=True); kernels/pooler.py)
     warp_specialize: bool = False
     # Programmatic dependent launch (sm_90 and later; ignored by the interpreter): the kernel may
     # be launched while the previous kernel on its stream drains, and waits for it (gdc_wait)

@@ -3,9 +3,9 @@
 #   1. tune: `python3 -m bench.tune` times the tile candidates on this GPU, checks each against a
 #      float64 reference, and writes the winning table for its architecture into
 #      kernels/pooler_tables.py (TUNE=0 keeps the committed table);
-#   1a. other widths: the same sweep at H = 1024 (TUNE_WIDTHS, a space-separated list; empty skips
-#      it), large M only; its winners become that width's own table in kernels/pooler_tables.py
-#      (the main table's M buckets are tuned at H = 768);
+#   1a. other widths: the same sweep at H = 1024 and 384 (TUNE_WIDTHS, a space-separated list;
+#      empty skips it), M = 1024-8192; each width's winners become its own table in
+#      kernels/pooler_tables.py (the main table's M buckets are tuned at H = 768);
 #   1b. attribution: `python3 -m bench.attribute` splits the large-M time of the fused kernel
 #      (tanh epilogue, bias, main loop, strided rows, TMA) next to cuBLAS (ATTRIBUTE=0 skips it);
 #   1c. L2 counters: Nsight Compute reads what the large-M tiles and cuBLAS move from L2 into the
@@ -91,13 +91,13 @@ fi
 # Other widths: the main table's M buckets are tuned at H = 768, and a wider weight at the same M
 # makes more programs. Each width's winners (large M, where the grid's waves decide) become its
 # own table; smaller M keep the main table's tiles.
-TUNE_WIDTHS=${TUNE_WIDTHS-1024}
+TUNE_WIDTHS=${TUNE_WIDTHS-1024 384}
 WIDTH_BUDGET_S=${WIDTH_BUDGET_S:-60}
 if [ "$TUNE" = 1 ]; then
     if [ "$DRY_RUN" = 1 ]; then
         WIDTH_ARGS=(--dry-run --table-out "$RESULTS/pooler_tables.py")
     else
-        WIDTH_ARGS=(--batches 2048,4096,8192)
+        WIDTH_ARGS=(--batches 1024,2048,4096,8192)
     fi
     for WIDTH in $TUNE_WIDTHS; do
         say "tile sweep at H = $WIDTH, budget ${WIDTH_BUDGET_S}s (its own table; H = 768's stays)"

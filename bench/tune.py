@@ -562,7 +562,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if not harness.gpu_or_dry_run("python -m bench.tune", args.dry_run):
         return 2
-    from bertpool_fast.kernels.pooler import arch_has_pdl, arch_key, pick_config
+    from bertpool_fast.kernels.pooler import POOLER_TABLES, arch_has_pdl, arch_key, pick_config
 
     budget = harness.Budget(args.budget_s)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -578,7 +578,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     width = None if args.hidden == HIDDEN else args.hidden
     # this GPU's own table, whether the file has one yet or not; the interpreter's is "default"
     arch = arch_key(*torch.cuda.get_device_capability()) if harness.HAS_CUDA else "default"
-    if width is not None and arch not in TableModule.current().tables:
+    if width is not None and arch not in POOLER_TABLES:
         # the runtime reads a width's table only on an architecture with a main table of its own
         parser.error(f"--hidden {width}: this GPU ({arch}) has no table yet; tune H = {HIDDEN} "
                      "first (python -m bench.tune)")  # fmt: skip

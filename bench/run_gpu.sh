@@ -72,6 +72,30 @@ else
     fi
 fi
 mkdir -p "$RESULTS"
+# This script's own output goes to run.log in the results too. ARCHIVE=<file.tgz> packs the
+# results folder into one file on every exit, a timeout's SIGTERM included, for machines whose
+# results travel back as a few files.
+exec 3>&1 4>&2
+exec > >(tee -a "$RESULTS/run.log") 2>&1
+TEE_PID=$!
+ARCHIVE=${ARCHIVE:-}
+finish() {
+    local rc=$?
+    exec 1>&3 2>&4
+    wait "$TEE_PID" 2>/dev/null
+    if [ -n "$ARCHIVE" ] && [ -d "$RESULTS" ]; then
+        if tar czf "$ARCHIVE" --exclude=venv -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"; then
+            echo "[run_gpu] results archived in $ARCHIVE"
+        else
+            echo "error: cannot write the archive $ARCHIVE" >&2
+            rc=1
+        fi
+    fi
+    exit "$rc"
+}
+trap finish EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 "$PY" -c 'import json; from bench.harness import environment; print(json.dumps(environment(), indent=1))' > "$RESULTS/environment.json"
 say "results go to $RESULTS"
 

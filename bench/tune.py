@@ -337,21 +337,11 @@ def width_table(buckets: list[BucketResult], fallback: tuple) -> tuple:
 
 
 def render_config(cfg) -> str:
-    extra = ""
-    if cfg.split_k != 1:
-        extra += f", split_k={cfg.split_k}"
-    if cfg.swap_ab:
-        extra += ", swap_ab=True"
-    if cfg.persistent:
-        extra += ", persistent=True"
-    if cfg.tma:
-        extra += ", tma=True"
-    if cfg.warp_specialize:
-        extra += ", warp_specialize=True"
-    if cfg.pdl:
-        extra += ", pdl=True"
-    return (f"T({cfg.block_m}, {cfg.block_n}, {cfg.block_k}, {cfg.num_warps}, "
-            f"{cfg.num_stages}{extra})")  # fmt: skip
+    """T(block_m, block_n, block_k, num_warps, num_stages, <the options not at their default>)."""
+    head = ", ".join(str(getattr(cfg, name)) for name in cfg._fields[:5])
+    options = "".join(f", {name}={getattr(cfg, name)!r}" for name in cfg._fields[5:]
+                      if getattr(cfg, name) != cfg._field_defaults[name])  # fmt: skip
+    return f"T({head}{options})"
 
 
 @dataclass

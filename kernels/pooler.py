@@ -340,6 +340,25 @@ def store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16: tl
              mask=m_m[:, None] & m_n[None, :])  # fmt: skip
 
 
+@triton.jit
+def publish_partial(p_part, acc, mask, p_ticket):
+    """Store this program's fp32 partial sum of an output tile, then take a ticket at the tile's
+    counter: n - 1 for the n-th program to arrive. Deterministic split sums use it only to decide
+    WHO adds the partials (the last to arrive), never in what order."""
+    tl.store(p_part, acc, mask=mask)
+    # every warp's partial is written before this program takes its ticket (the acq_rel
+    # atomic then publishes them at GPU scope)
+    tl.debug_barrier()
+    return tl.atomic_add(p_ticket, 1, sem="acq_rel")
+
+
+@triton.jit
+def read_partial(p_part, mask):
+    """Another program's partial stored by publish_partial, once this one's ticket says all are."""
+    # .cg: read at L2, where the other programs' stores are, never a stale L1 line
+    return tl.load(p_part, mask=mask, other=0.0, cache_modifier=".cg")
+
+
 @triton.jit(do_not_specialize=["M"])
 def pooler_fwd_kernel(
     x_ptr,  # [M, K] first-token rows, any strides
@@ -415,18 +434,12 @@ def pooler_fwd_kernel(
         # decides WHO sums them - the last program to arrive - and it sums partials 0..SPLIT_K-1
         # in that fixed order, so the result never depends on arrival order.
         slice_mn = M.to(tl.int64) * N
-        tl.store(ws_ptr + i_s * slice_mn + o_ws, acc, mask=m_out)
-        # every warp's partial is written before this program takes its ticket (the acq_rel
-        # atomic then publishes them at GPU scope)
-        tl.debug_barrier()
         p_ticket = ticket_ptr + i_m * tl.num_programs(0) + i_n
-        ticket = tl.atomic_add(p_ticket, 1, sem="acq_rel")
+        ticket = publish_partial(ws_ptr + i_s * slice_mn + o_ws, acc, m_out, p_ticket)
         if ticket == SPLIT_K - 1:
             total = tl.zeros(acc.shape, dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):
-                # .cg: read at L2, where the other programs' stores are, never a stale L1 line
-                total += tl.load(ws_ptr + s * slice_mn + o_ws, mask=m_out, other=0.0,
-                                 cache_modifier=".cg")  # fmt: skip
+                total += read_partial(ws_ptr + s * slice_mn + o_ws, m_out)
             total = bias_and_activation(total, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION,
                                         SWAP_AB, out_ptr.dtype.element_ty)  # fmt: skip
             tl.store(out_ptr + o_out, round_to(total, out_ptr.dtype.element_ty, INTERPRETED_BF16),
@@ -478,11 +491,12 @@ INTERPRETER_PROGRAMS = 3
 
 @triton.jit
 def dot_k_tma(
-    x_desc, w_desc, off_m, off_n, acc, K, INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    x_desc, w_desc, off_m, off_n, acc, k_lo, k_hi, INTERPRETED_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):  # fmt: skip
-    """dot_k_range's plain sum over all of K (from acc), its X and W tiles copied by TMA from
-    descriptors.
+    """dot_k_range's plain sum over k in [k_lo, k_hi) (from acc; k_lo a multiple of BLOCK_K), its
+    X and W tiles copied by TMA from descriptors.
 
     The copy engine computes the addresses and zero-fills the rows past M (X) or N (W) and the
     columns past K, which is what the dot needs: no per-thread offsets or masks, and a stage's
@@ -490,7 +504,7 @@ def dot_k_tma(
     producer warp issues the copies and consumer warpgroups the MMAs, each waiting only on its
     own barriers (Triton's automatic warp specialization); the sum's K order is the same.
     """
-    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=WARP_SPECIALIZE):
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, warp_specialize=WARP_SPECIALIZE):
         b_x = x_desc.load([off_m, k0])
         b_w = w_desc.load([off_n, k0])
         if INTERPRETED_BF16:  # as in dot_k_range: the interpreter's bf16 dot is wrong
@@ -514,7 +528,7 @@ def tma_output_tile(
     m_n = o_n < N
     acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS and BIAS_FIRST, False, BLOCK_M,
                            BLOCK_N)  # fmt: skip
-    acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, acc, K, INTERPRETED_BF16,
+    acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, acc, 0, K, INTERPRETED_BF16,
                     BLOCK_M, BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
     o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
@@ -578,6 +592,101 @@ def pooler_fwd_tma_kernel(
 launch_pooler_fwd_tma = CachedLaunch(pooler_fwd_tma_kernel)
 
 
+@triton.jit
+def stream_k_owner(chunk, chunks_total, programs):
+    """The stream-K program whose run holds the ``chunk``-th K chunk of the whole sequence."""
+    return ((chunk + 1) * programs - 1) // chunks_total
+
+
+@triton.jit(do_not_specialize=["M"])
+def pooler_fwd_stream_k_kernel(
+    x_desc,  # [M, K] first-token rows, block [BLOCK_M, BLOCK_K]
+    w_desc,  # [N, K] nn.Linear weight, block [BLOCK_N, BLOCK_K]
+    b_ptr,  # [N] bias (unused when HAS_BIAS is False)
+    out_ptr,  # [M, N] output
+    ws_ptr,  # [2 * programs, BLOCK_M * BLOCK_N] fp32 partial sums, two slots a program
+    ticket_ptr,  # [tiles] int32, zero between launches
+    M,
+    N,
+    K,
+    stride_b,
+    stride_om,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    INTERPRETED_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr = False,
+):
+    """The TMA kernel's tile with the work split evenly by K chunks instead of by tiles
+    (stream-K): all output tiles' K chunks form one sequence, tile after tile (N tiles fastest),
+    and program p of P takes chunks [p * T // P, (p + 1) * T // P) of its T. So every program
+    does the same work to within one chunk, where whole tiles leave SMs idle: at M = 2048, H = 768
+    a 128x128 tile makes 96 programs for 132 SMs. A program whose run covers a tile whole
+    finishes it as the TMA kernel does; a run that covers part of one stores its fp32 partial in
+    its slot (0 for its first run, 1 for its last) and takes a ticket (publish_partial); the last
+    of the tile's programs to arrive sums every partial in program order, which is K order, adds
+    the bias, applies the activation and stores. The order of that sum is fixed by M, N, K, the
+    tile and P, never by timing, so the result is deterministic; it may differ in the last bit
+    from the TMA kernel's (another grouping of the same fp32 sum). The launcher makes P <= T, so
+    that every program has a run and a tile's programs are the consecutive ones that own its
+    first and last chunks."""
+    if PDL:
+        gdc_wait()
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    chunks = tl.cdiv(K, BLOCK_K)  # a tile's K chunks
+    chunks_total = (tl.cdiv(M, BLOCK_M) * tiles_n).to(tl.int64) * chunks
+    programs = tl.num_programs(0)
+    pid = tl.program_id(0)
+    run_lo = pid * chunks_total // programs
+    run_hi = (pid + 1) * chunks_total // programs
+    c = run_lo
+    while c < run_hi:
+        tile = c // chunks
+        tile_lo = tile * chunks
+        k_first = c - tile_lo
+        k_end = tl.minimum(chunks, k_first + (run_hi - c))
+        i_m = tile // tiles_n
+        i_n = tile % tiles_n
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = dot_k_tma(x_desc, w_desc, (i_m * BLOCK_M).to(tl.int32),
+                        (i_n * BLOCK_N).to(tl.int32), acc, (k_first * BLOCK_K).to(tl.int32),
+                        tl.minimum(k_end * BLOCK_K, K).to(tl.int32), INTERPRETED_BF16, BLOCK_M,
+                        BLOCK_N, BLOCK_K, False)  # fmt: skip
+        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_m = o_m < M
+        m_n = o_n < N
+        if k_first == 0 and k_end == chunks:  # the whole K sum: no other program holds a part
+            acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
+                                      out_ptr.dtype.element_ty, False)  # fmt: skip
+            store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
+        else:
+            m_out = m_m[:, None] & m_n[None, :]
+            o_part = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            slot = 2 * pid + (c != run_lo).to(tl.int32)
+            ticket = publish_partial(ws_ptr + slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + o_part,
+                                     acc, m_out, ticket_ptr + tile)  # fmt: skip
+            first = stream_k_owner(tile_lo, chunks_total, programs)
+            last = stream_k_owner(tile_lo + chunks - 1, chunks_total, programs)
+            if ticket == last - first:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for p in range(first, last + 1):
+                    # p's run in this tile is its first (slot 0) if p starts inside the tile
+                    p_slot = 2 * p + (p * chunks_total // programs < tile_lo).to(tl.int64)
+                    total += read_partial(ws_ptr + p_slot * (BLOCK_M * BLOCK_N) + o_part, m_out)
+                total = bias_and_activation(total, b_ptr, o_n, m_n, stride_b, HAS_BIAS,
+                                            ACTIVATION, False, out_ptr.dtype.element_ty, False)  # fmt: skip
+                store_tile(out_ptr, total, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
+                # re-arm the counter for the next launch (and the next CUDA-graph replay)
+                tl.atomic_xchg(ticket_ptr + tile, 0)
+        c = tile_lo + k_end
+
+
+launch_pooler_fwd_stream_k = CachedLaunch(pooler_fwd_stream_k_kernel)
+
+
 @functools.cache
 def persistent_programs(device: torch.device) -> int:
     """The persistent kernel's grid size on ``device``: its SM count, read once per device."""
@@ -620,6 +729,11 @@ def check_config(config: TileConfig) -> None:
         raise ValueError(f"config.tma: a TMA box is at most 256 elements a side: {config}")
     if config.warp_specialize and not config.tma:
         raise ValueError(f"config.warp_specialize needs config.tma: {config}")
+    if config.stream_k and (not config.tma or config.persistent or config.warp_specialize):
+        raise ValueError(
+            f"config.stream_k needs config.tma, and takes neither persistent nor warp_specialize: "
+            f"{config}"
+        )
     if not _INTERPRETED and not warp_specialized_tile_compiles(config):
         raise ValueError(
             f"config.warp_specialize: Triton {'.'.join(map(str, triton_version()))} cannot compile "
@@ -650,6 +764,13 @@ def split_k_scratch(device: torch.device, partials: int, tiles: int):
         tickets = torch.zeros(triton.next_power_of_2(tiles), dtype=torch.int32, device=device)
         _SPLIT_K_SCRATCH[key] = (ws, tickets)
     return ws, tickets
+
+
+def stream_k_scratch_sizes(config: TileConfig, programs: int, m: int, n: int) -> tuple:
+    """(partials, tickets) a stream-K launch of ``programs`` needs from split_k_scratch: two
+    partial tiles a program, a ticket a tile."""
+    tiles = -(-m // config.block_m) * -(-n // config.block_n)
+    return 2 * programs * config.block_m * config.block_n, tiles
 
 
 # table_arch per device, asked once: a device's capability does not change within a process
@@ -746,8 +867,11 @@ def launch_args(x, weight, bias, activation, out, config: TileConfig, device: to
     pdl = launches_pdl(config)  # the PDL constexpr
     # what a descriptor cannot describe runs this tile through the pointer kernel below
     if config.tma and tma_describable(x, weight, x_strides, w_strides, dtype, device, k):
+        if config.stream_k:  # one program per SM, at most one per K chunk (the kernel needs it)
+            chunks = grid_n * grid_m * -(-k // config.block_k)
+            tiles = (min(chunks, persistent_programs(device)),)
         return _tma_launch_args(x, weight, bias, activation, out, config, tiles, x_strides[0],
-                                w_strides[0], pdl)  # fmt: skip
+                                w_strides[0], pdl, device)  # fmt: skip
     b = weight if bias is None else bias  # any valid pointer; unread without HAS_BIAS
     ints = (m, n, k, x_strides[0], x_strides[-1], w_strides[0], w_strides[1],
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
@@ -842,7 +966,8 @@ def _descriptor_builder():
 tensor_descriptor = _descriptor_builder()
 
 
-def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, stride_wn, pdl):
+def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, stride_wn, pdl,
+                     device):  # fmt: skip
     """``launch_args`` for the TMA tile: two descriptors in place of the X and W pointers."""
     m, k, n = x.shape[0], x.shape[-1], weight.shape[0]
     bm, bn, bk = config.block_m, config.block_n, config.block_k
@@ -850,6 +975,13 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
     # [M, K] rows are described without building the [:, 0] view
     x_desc = tensor_descriptor(x, [m, k], [stride_xm, 1], [bm, bk])
     w_desc = tensor_descriptor(weight, [n, k], [stride_wn, 1], [bn, bk])
+    if config.stream_k:
+        ws, tickets = split_k_scratch(device, *stream_k_scratch_sizes(config, grid[0], m, n))
+        args = (x_desc, w_desc, weight if bias is None else bias, out, ws, tickets, m, n, k,
+                bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
+        flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn,
+                 bk, pdl)  # fmt: skip
+        return launch_pooler_fwd_stream_k, grid, args, flags
     args = (x_desc, w_desc, weight if bias is None else bias, out, m, n, k,
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
     flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn, bk,

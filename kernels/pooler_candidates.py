@@ -14,6 +14,7 @@ from .pooler import (
     WARP_SPECIALIZED_ROWS_ERROR,
     pooler_fwd_kernel,
     pooler_fwd_persistent_kernel,
+    pooler_fwd_stream_k_kernel,
     pooler_fwd_tma_kernel,
     unspecialized_tile,
     warp_specialized_tile_compiles,
@@ -296,19 +297,23 @@ def inspection_case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
     if cfg.tma:
         # Descriptors are typed by element type and block shape only, as Triton's launcher types
         # them; their sizes and strides are run-time values the copy engine reads, with no hints.
-        kernel = pooler_fwd_tma_kernel
+        # The stream-K kernel adds its scratch after the output.
+        kernel = pooler_fwd_stream_k_kernel if cfg.stream_k else pooler_fwd_tma_kernel
+        scratch = ("ws_ptr", "ticket_ptr") if cfg.stream_k else ()
         signature = {
             "x_desc": f"tensordesc<{t}[{cfg.block_m}, {cfg.block_k}]>",
             "w_desc": f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>",
             "b_ptr": f"*{t}",
             "out_ptr": f"*{t}",
+            **({"ws_ptr": "*fp32", "ticket_ptr": "*i32"} if scratch else {}),
             **dict.fromkeys(("M", "N", "K", "stride_om"), "i32"),
         }
         # a contiguous bias's stride is 1, which the launcher makes the constant 1
         constexprs = {"stride_b": 1, "HAS_BIAS": True, "ACTIVATION": "tanh",
-                      "INTERPRETED_BF16": False, **tiles, "WARP_SPECIALIZE": cfg.warp_specialize,
-                      "PERSISTENT": cfg.persistent, "PDL": cfg.pdl}  # fmt: skip
-        divisible = ("b_ptr", "out_ptr", "N", "K", "stride_om")
+                      "INTERPRETED_BF16": False, **tiles, "PDL": cfg.pdl}  # fmt: skip
+        if not cfg.stream_k:
+            constexprs.update(WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent)
+        divisible = ("b_ptr", "out_ptr", *scratch, "N", "K", "stride_om")
     else:
         # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB
         scratch = () if cfg.persistent else ("ws_ptr", "ticket_ptr")

@@ -12,7 +12,7 @@ import torch
 # pooler module at planning time
 from . import pooler
 from .descriptor_launch import EncodedDescriptorLaunch
-from .pooler import TMA_MAX_STRIDE, split_k_scratch, tensor_descriptor
+from .pooler import TMA_MAX_STRIDE, split_k_scratch, stream_k_scratch_sizes, tensor_descriptor
 
 # Row addresses whose encoded maps a TMA plan keeps (and that it remembers as seen once). In a
 # model loop the last hidden states of one call are usually still alive (returned to the caller)
@@ -52,13 +52,15 @@ def plan_pooler_fwd(
         return None
     # a TMA tile's plan keeps the descriptors' block shapes (a descriptor object kept for the
     # weight would keep the weight alive) and launches with their encoded forms where it can
-    tma_blocks = encoded = None
-    if launch is pooler.launch_pooler_fwd_tma:
+    tma_blocks = encoded = stream_k = None
+    if launch is pooler.launch_pooler_fwd_tma or launch is pooler.launch_pooler_fwd_stream_k:
         tma_blocks = (args[0].block_shape, args[1].block_shape)
         encoded = EncodedDescriptorLaunch.of(launch, entry, 2)
+    if launch is pooler.launch_pooler_fwd_stream_k:  # its scratch follows the output
+        stream_k = stream_k_scratch_sizes(config, grid[0], m, n)
     split_k = 1 if config.persistent or tma_blocks else grid[2]
     return PoolerPlan(x, weight, bias, activation, launch, entry, grid, constexprs, index,
-                      split_k, config.persistent, tma_blocks, encoded)  # fmt: skip
+                      split_k, config.persistent, tma_blocks, encoded, stream_k)  # fmt: skip
 
 
 class PoolerPlan:
@@ -81,10 +83,12 @@ class PoolerPlan:
         "x_col_stride", "x_row_div16", "x_aligned", "launch", "entry", "grid", "constexprs",
         "ints_after_row_stride", "split_k", "persistent", "scratch_sizes", "device_type",
         "tma_blocks", "w_row_stride", "tma_ints", "encoded", "kept_maps", "seen_rows",
+        "stream_k_scratch",
     )  # fmt: skip
 
     def __init__(self, x, weight, bias, activation, launch, entry, grid, constexprs, index,
-                 split_k, persistent, tma_blocks=None, encoded=None):  # fmt: skip
+                 split_k, persistent, tma_blocks=None, encoded=None,
+                 stream_k_scratch=None):  # fmt: skip
         shape, strides = x.shape, x.stride()
         self.m, self.k, self.n = shape[0], shape[-1], weight.shape[0]
         self.dtype, self.device, self.index = x.dtype, x.device, index
@@ -105,6 +109,8 @@ class PoolerPlan:
         self.tma_blocks, self.w_row_stride = tma_blocks, w_strides[0]
         self.tma_ints = (self.m, self.n, self.k, 0 if bias is None else bias.stride(0), self.n)
         self.encoded = encoded
+        # a stream-K tile's split_k_scratch sizes (its scratch is passed after the output)
+        self.stream_k_scratch = stream_k_scratch
         # ((rows' address, row stride), both descriptors' expansions), newest first: one tuple,
         # replaced whole, so a thread never pairs one call's address with another's expansion
         self.kept_maps: tuple = ()
@@ -163,7 +169,13 @@ class PoolerPlan:
         x_block, w_block = self.tma_blocks
         return (tensor_descriptor(x, [self.m, self.k], [row_stride, 1], x_block),
                 tensor_descriptor(weight, [self.n, self.k], [self.w_row_stride, 1], w_block),
-                b, out, *self.tma_ints)  # fmt: skip
+                *self._after_descriptors(b, out), *self.tma_ints)  # fmt: skip
+
+    def _after_descriptors(self, b, out) -> tuple:
+        """The pointers a TMA launch passes after its descriptors: bias, output (and scratch)."""
+        if self.stream_k_scratch is None:
+            return b, out
+        return (b, out, *split_k_scratch(self.device, *self.stream_k_scratch))
 
     def _run_encoded(self, encoded, x, row_stride, weight, b, out) -> Optional[torch.Tensor]:
         """The TMA launch with kept encoded descriptors when the rows are at an address (and row
@@ -174,7 +186,7 @@ class PoolerPlan:
         kept = self.kept_maps
         for rows, expansions in kept:
             if rows == key:
-                rest = (b, out, *self.tma_ints, *self.constexprs)
+                rest = (*self._after_descriptors(b, out), *self.tma_ints, *self.constexprs)
                 return out if encoded.launch(self.index, self.grid, expansions, rest) else None
         args = self._tma_args(x, row_stride, weight, b, out)
         seen = self.seen_rows

@@ -28,6 +28,10 @@ class TileConfig(NamedTuple):
     # be launched while the previous kernel on its stream drains, and waits for it (gdc_wait)
     # before its first memory access (kernels/pooler.py)
     pdl: bool = False
+    # TMA tiles only: one program per SM, each taking an equal run of all tiles' K chunks; a tile
+    # split between programs is summed in fixed order by the last to finish (stream-K;
+    # kernels/pooler.py)
+    stream_k: bool = False
 
 
 def config_label(cfg: TileConfig) -> str:
@@ -37,6 +41,7 @@ def config_label(cfg: TileConfig) -> str:
         label += f" k{cfg.split_k}"
     label += (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
     label += (" tma" if cfg.tma else "") + (" ws" if cfg.warp_specialize else "")
+    label += " stream-k" if cfg.stream_k else ""
     return label + (" pdl" if cfg.pdl else "")
 
 

@@ -243,7 +243,8 @@ def test_pooler_cases_are_compiled_as_a_bert_call_launches_them(cfg):
     bias, out = torch.randn(768, dtype=torch.float16), torch.empty(4, 768, dtype=torch.float16)
     if cfg.tma:  # the CPU takes the pointer kernel; the arguments an H100 launch passes
         launch, _, args, _ = pooler._tma_launch_args(x, weight, bias, "tanh", out, cfg, (24, 1),
-                                                     x.stride(0), weight.stride(0), False)  # fmt: skip
+                                                     x.stride(0), weight.stride(0), False,
+                                                     x.device)  # fmt: skip
     else:
         launch, _, args, _ = pooler.launch_args(x, weight, bias, "tanh", out, cfg, x.device)
     case = pooler_candidates.inspection_case("x", torch.float16, cfg, {})

@@ -317,13 +317,15 @@ def test_every_launcher_goes_through_a_cache():
     from bertpool_fast.kernels import classifier_head, masked_pool, pooler, pooler_bwd
 
     caches = [pooler.launch_pooler_fwd, pooler.launch_pooler_fwd_persistent,
-              pooler.launch_pooler_fwd_tma, classifier_head._launch_head_fwd,
+              pooler.launch_pooler_fwd_tma, pooler.launch_pooler_fwd_stream_k,
+              classifier_head._launch_head_fwd,
               classifier_head._launch_head_split, classifier_head._launch_head_reduce,
               masked_pool._launch_masked_pool, masked_pool._launch_l2_normalize_kernel,
               pooler_bwd._launch_dx, pooler_bwd._launch_dw]  # fmt: skip
     kernels = {c.kernel.fn.__name__ for c in caches}
     assert kernels == {"pooler_fwd_kernel", "pooler_fwd_persistent_kernel",
-                       "pooler_fwd_tma_kernel", "classifier_head_fwd_kernel",
+                       "pooler_fwd_tma_kernel", "pooler_fwd_stream_k_kernel",
+                       "classifier_head_fwd_kernel",
                        "classifier_head_split_kernel", "classifier_head_reduce_kernel",
                        "masked_pool_fwd_kernel", "l2_normalize_kernel",
                        "pooler_bwd_dx_kernel", "pooler_bwd_dw_kernel"}  # fmt: skip

@@ -55,6 +55,14 @@ def _stand_in_tma(x_desc, w_desc, b_ptr, out_ptr, M, N, K, stride_b, stride_om,
     pass
 
 
+def _stand_in_stream_k(x_desc, w_desc, b_ptr, out_ptr, ws_ptr, ticket_ptr, M, N, K, stride_b,
+                       stride_om, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                       INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       PDL: tl.constexpr):  # fmt: skip
+    pass
+
+
 def _from_descriptors(args: tuple) -> tuple:
     """The TMA kernel's arguments as the plain kernel's: each descriptor's base, row stride and
     column stride, after checking its block shape against the constexprs."""
@@ -70,7 +78,15 @@ def _from_descriptors(args: tuple) -> tuple:
 def _compute(args: tuple) -> None:
     """What the kernel computes, from the arguments as launched (tensors, descriptors, ints,
     constexprs); the persistent kernel's arguments are the plain kernel's without the split-K
-    scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides."""
+    scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides, and
+    the stream-K kernel's have its scratch after the output."""
+    if len(args) == 18 and isinstance(args[4], torch.Tensor):  # stream-K: scratch, 7 constexprs
+        ws, tickets, (m, n), (bm, bn) = args[4], args[5], args[6:8], args[14:16]
+        # two fp32 partial tiles for one program at least, an int32 ticket per tile, left at 0
+        assert ws.dtype == torch.float32 and ws.numel() >= 2 * bm * bn
+        assert tickets.dtype == torch.int32 and tickets.numel() >= -(-m // bm) * -(-n // bn)
+        assert not tickets.any()
+        args = (*args[:4], *args[6:], False, False)  # as the TMA kernel's
     if len(args) == 21:  # the persistent signature: 13 runtime arguments, 8 constexprs
         args = (*args[:4], None, None, *args[4:])
     if len(args) == 18:  # the TMA signature: 9 runtime arguments, 9 constexprs
@@ -149,6 +165,8 @@ def stand_in(monkeypatch):
     monkeypatch.setattr(pooler, "launch_pooler_fwd_persistent", cache.persistent)
     cache.tma = _computing_cache(_stand_in_tma)
     monkeypatch.setattr(pooler, "launch_pooler_fwd_tma", cache.tma)
+    cache.stream_k = _computing_cache(_stand_in_stream_k)
+    monkeypatch.setattr(pooler, "launch_pooler_fwd_stream_k", cache.stream_k)
     monkeypatch.setattr(ops, "_PLANS", {})
     calls = []
     real = pooler.pooler_fwd
@@ -246,8 +264,9 @@ def _mutations(hidden, weight, bias):
         TileConfig(64, 64, 64, 4, 3, tma=True),
         TileConfig(64, 64, 64, 4, 3, tma=True, warp_specialize=True),
         TileConfig(64, 64, 64, 4, 3, tma=True, persistent=True),
+        TileConfig(64, 64, 64, 4, 3, tma=True, stream_k=True),
     ],
-    ids=["split-k", "swap-ab", "persistent", "tma", "tma-ws", "tma-persistent"],
+    ids=["split-k", "swap-ab", "persistent", "tma", "tma-ws", "tma-persistent", "tma-stream-k"],
 )
 def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     # the table's tile decides the launch's arguments: split-K scratch, the persistent kernel's
@@ -256,7 +275,9 @@ def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch, width=None: config)
     hidden, weight, bias = _inputs(b=5, s=3, h=200, n=88)
     kernel = stand_in.kernel
-    if config.persistent or config.tma:
+    if config.stream_k:
+        kernel = stand_in.stream_k.kernel
+    elif config.persistent or config.tma:
         kernel = stand_in.tma.kernel if config.tma else stand_in.persistent.kernel
     _, planned = _run(stand_in, hidden, weight, bias)
     assert not planned and kernel.plain == 1
@@ -270,6 +291,10 @@ def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     tiles = -(-88 // config.block_n) * -(-5 // config.block_m)
     if config.persistent:  # a 1-D grid: a program per SM (the interpreter's few), at most per tile
         assert plan.grid == (min(tiles, pooler.INTERPRETER_PROGRAMS),)
+    elif config.stream_k:  # the same, at most a program per K chunk
+        chunks = tiles * -(-200 // config.block_k)
+        assert plan.grid == (min(chunks, pooler.INTERPRETER_PROGRAMS),)
+        assert plan.stream_k_scratch == pooler.stream_k_scratch_sizes(config, plan.grid[0], 5, 88)
     else:
         assert plan.grid[0] * plan.grid[1] == tiles
 
@@ -391,14 +416,21 @@ class TritonShapedCompiled:
         self.run = TritonShapedLauncher(nested)
 
 
-@pytest.fixture(params=[False, True], ids=["flat-launcher", "nested-launcher"])
+@pytest.fixture(
+    params=[(False, False), (True, False), (False, True)],
+    ids=["flat-launcher", "nested-launcher", "stream-k"],
+)
 def tma_stand_in(stand_in, monkeypatch, request):
-    """The stand-in pooler launchers, with the TMA kernel's launcher shaped as Triton's and the
-    table choosing a TMA tile."""
-    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch, width=None: TileConfig(
-        64, 64, 64, 4, 3, tma=True))  # fmt: skip
+    """The stand-in pooler launchers, with a TMA kernel's launcher shaped as Triton's and the
+    table choosing a TMA tile: the plain one, or the stream-K one (whose scratch follows the
+    output), which ``stand_in.tma`` then names."""
+    nested, stream_k = request.param
+    config = TileConfig(64, 64, 64, 4, 3, tma=True, stream_k=stream_k)
+    monkeypatch.setattr(pooler, "pick_config", lambda m, dtype, bi, arch, width=None: config)
     monkeypatch.setattr(descriptor_launch, "_failed", False)
-    stand_in.tma.kernel.compiled = TritonShapedCompiled(request.param)
+    if stream_k:
+        stand_in.tma = stand_in.stream_k
+    stand_in.tma.kernel.compiled = TritonShapedCompiled(nested)
     return stand_in
 
 
@@ -658,7 +690,7 @@ def test_planned_launches_are_bitwise_the_plain_path(dtype):
             # recording of the encoded descriptors, then the kept ones
             outs = [ops.pooler_inference(hidden, weight, bias, "tanh") for _ in range(3)]
             launchers = (pooler.launch_pooler_fwd, pooler.launch_pooler_fwd_persistent,
-                         pooler.launch_pooler_fwd_tma)  # fmt: skip
+                         pooler.launch_pooler_fwd_tma, pooler.launch_pooler_fwd_stream_k)  # fmt: skip
             for launcher in launchers:
                 launcher.enabled = False
             try:

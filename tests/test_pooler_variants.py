@@ -366,22 +366,26 @@ def _tma_candidates() -> list[TileConfig]:
 
 
 class LaunchSpy:
-    """Wraps a CachedLaunch: counts the calls, then launches as before."""
+    """Wraps a CachedLaunch: counts the calls (into ``counted``'s count, if given), then launches
+    as before."""
 
-    def __init__(self, launch):
+    def __init__(self, launch, counted=None):
         self.launch, self.calls = launch, 0
+        self.counted = self if counted is None else counted
 
     def __call__(self, *args):
-        self.calls += 1
+        self.counted.calls += 1
         return self.launch(*args)
 
 
 @pytest.fixture
 def spies(monkeypatch):
-    """(TMA launches, pointer-kernel launches), counted."""
+    """(TMA launches, the stream-K kernel's included; pointer-kernel launches), counted."""
     tma = LaunchSpy(pooler_module.launch_pooler_fwd_tma)
     plain = LaunchSpy(pooler_module.launch_pooler_fwd)
     monkeypatch.setattr(pooler_module, "launch_pooler_fwd_tma", tma)
+    stream_k = LaunchSpy(pooler_module.launch_pooler_fwd_stream_k, counted=tma)
+    monkeypatch.setattr(pooler_module, "launch_pooler_fwd_stream_k", stream_k)
     monkeypatch.setattr(pooler_module, "launch_pooler_fwd", plain)
     return tma, plain
 
@@ -389,7 +393,8 @@ def spies(monkeypatch):
 def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=True):
     """The tile with and without tma=True into NaN-filled outputs: both within the element-wise
     bound of the float64 result, each through the launch it should take. Under the interpreter
-    both compute the same zero-padded tile products in the same K order: the same bits."""
+    both compute the same zero-padded tile products in the same K order: the same bits (not so a
+    stream-K tile, whose programs sum partial K runs: the same terms, grouped otherwise)."""
     from bertpool_fast.reference import pooler_reference
     from conftest import gemm_error_bound
 
@@ -401,7 +406,7 @@ def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=Tru
     pooler_fwd(hidden, weight, bias, activation, out=out, config=cfg)
     assert (tma.calls, plain.calls) == ((1, 0) if expect_tma else (0, 1)), config_label(cfg)
     ref_out = poisoned((m, n), hidden.dtype, hidden.device)
-    pointer_cfg = cfg._replace(tma=False, warp_specialize=False)
+    pointer_cfg = cfg._replace(tma=False, warp_specialize=False, stream_k=False)
     pooler_fwd(hidden, weight, bias, activation, out=ref_out, config=pointer_cfg)
     x = hidden[:, 0] if hidden.dim() == 3 else hidden
     b64 = None if bias is None else bias.double()
@@ -412,7 +417,7 @@ def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=Tru
         assert_close_rel(ref_out, ref, hidden.dtype, bound=bound)
     except AssertionError as exc:
         raise AssertionError(f"{config_label(cfg)}: {exc}") from None
-    if not HAS_CUDA:
+    if not HAS_CUDA and not cfg.stream_k:
         assert torch.equal(out, ref_out), f"{config_label(cfg)}: not the pointer kernel's bits"
     tma.calls = plain.calls = 0
 
@@ -447,6 +452,90 @@ def test_tma_tile_shapes_interpreter(b, s, h_in, h_out, bias_on, activation, dty
     hidden, weight, bias = make_inputs(b, s, h_in, h_out, dtype)
     cfg = TileConfig(64, 128, 64, 4, 3, tma=True)
     _check_tma_case(hidden, weight, bias if bias_on else None, activation, cfg, spies)
+
+
+# (B, H_in, H_out, bias, activation) for the stream-K tile 16x32x32: its programs each take an
+# equal run of all tiles' K chunks, so the program counts below split tiles in every way: a
+# program inside one tile, runs across two or three tiles, a tile over three programs, a tile
+# whole within a run, more programs than chunks (capped), one program (no tile split).
+STREAM_K_SHAPES = [
+    pytest.param(37, 136, 88, True, "tanh", id="M-N-K-tails-tanh"),  # 3x3 tiles, 5 chunks each
+    pytest.param(16, 64, 32, True, "tanh", id="one-tile-two-chunks"),
+    pytest.param(50, 96, 40, False, "gelu", id="no-bias-gelu"),
+    pytest.param(1, 200, 72, True, "identity", id="M1-identity"),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("b,h_in,h_out,bias_on,activation", STREAM_K_SHAPES)
+def test_stream_k_tiles_split_between_programs_interpreter(b, h_in, h_out, bias_on, activation,
+                                                           dtype, spies, monkeypatch):  # fmt: skip
+    # Every program count: within the element-wise bound of the float64 result (the same K + 1
+    # fp32 terms as the plain tile, grouped by runs), NaN-poisoned outputs fully written, the
+    # same bits on a second launch (the tickets re-armed, the sum's order fixed), through the
+    # stream-K kernel; and every count's program runs as the launcher sizes them.
+    from bertpool_fast.reference import pooler_reference
+    from conftest import gemm_error_bound
+
+    hidden, weight, bias = make_inputs(b, 2, h_in, h_out, dtype)
+    bias = bias if bias_on else None
+    cfg = TileConfig(16, 32, 32, 4, 2, tma=True, stream_k=True)
+    x = hidden[:, 0]
+    ref = pooler_reference(x.double(), weight.double(), None if bias is None else bias.double(),
+                           activation)  # fmt: skip
+    bound = gemm_error_bound(x, weight, bias, activation)
+    chunks = -(-b // 16) * -(-h_out // 32) * -(-h_in // 32)
+    tma, plain = spies
+    try:
+        for programs in (1, 2, 3, 5, 7, 64):
+            monkeypatch.setattr(pooler_module, "INTERPRETER_PROGRAMS", programs)
+            pooler_module.persistent_programs.cache_clear()
+            _, grid, _, _ = pooler_module.launch_args(hidden, weight, bias, activation,
+                                                      torch.empty(b, h_out, dtype=dtype), cfg,
+                                                      hidden.device)  # fmt: skip
+            assert grid == (min(programs, chunks),)
+            outs = []
+            for _ in range(2):
+                out = poisoned((b, h_out), dtype, hidden.device)
+                pooler_fwd(hidden, weight, bias, activation, out=out, config=cfg)
+                assert_close_rel(out, ref, dtype, bound=bound)
+                outs.append(out)
+            assert torch.equal(outs[0], outs[1]), f"{programs} programs: not deterministic"
+    finally:
+        pooler_module.persistent_programs.cache_clear()  # no count cached past the patch
+    assert (tma.calls, plain.calls) == (12, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+def test_stream_k_on_the_gpu(dtype, spies):
+    # What the interpreter cannot show: one program per SM, all running at once, handing their
+    # partial tiles over through L2 (publish_partial's acq_rel ticket, read_partial's .cg loads).
+    # BERT-base sizes where programs split tiles (M = 1000, 2048: under two 128x128 tiles a
+    # program) and where runs also hold whole tiles (8192); each within the float64 bound,
+    # fully written, the tickets re-armed (run_checked), and the same bits over ten launches.
+    cfg = TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True)
+    tma, plain = spies
+    for m in (1000, 2048, 8192):
+        hidden, weight, bias = make_inputs(m, 3, 768, 768, dtype)
+        out = run_checked(hidden, weight, bias, cfg)
+        assert_close_rel(out, reference64(hidden, weight, bias), dtype)
+        for _ in range(8):
+            again = pooler_fwd(hidden, weight, bias, "tanh", config=cfg)
+            assert torch.equal(again, out), f"M = {m}: another launch gave other bits"
+    launches = 3 * 10
+    expected = (launches, 0) if pooler_module.has_tma(hidden.device) else (0, launches)
+    assert (tma.calls, plain.calls) == expected
+
+
+def test_stream_k_config_is_validated():
+    hidden, weight, bias = make_inputs(2, 1, 32, 16, torch.float16)
+    for cfg in (TileConfig(16, 16, 16, 4, 1, stream_k=True),
+                TileConfig(16, 16, 16, 4, 1, tma=True, persistent=True, stream_k=True),
+                TileConfig(64, 16, 16, 4, 1, tma=True, warp_specialize=True, stream_k=True)):  # fmt: skip
+        with pytest.raises(ValueError, match="config.stream_k needs config.tma"):
+            pooler_fwd(hidden, weight, bias, "tanh", config=cfg)
 
 
 def _fallback_inputs(case: str, dtype):
@@ -555,12 +644,14 @@ def test_tma_config_is_validated_and_labelled():
         config_label(TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True))
         == "64x128x64 w4 s3 tma ws"
     )
-    # positional uses of TileConfig keep their meaning: tma, warp_specialize and pdl are the last
-    # fields, off by default
+    # positional uses of TileConfig keep their meaning: tma, warp_specialize, pdl and stream_k
+    # are the last fields, off by default
     assert TileConfig(16, 32, 64, 4, 3, 4, True, False) == TileConfig(
         16, 32, 64, 4, 3, split_k=4, swap_ab=True
     )
-    assert TileConfig._fields[-3:] == ("tma", "warp_specialize", "pdl")
+    assert TileConfig._fields[-4:] == ("tma", "warp_specialize", "pdl", "stream_k")
+    assert (config_label(TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True, pdl=True))
+            == "128x128x64 w8 s4 tma stream-k pdl")  # fmt: skip
     assert (
         config_label(TileConfig(64, 32, 128, 4, 4, tma=True, pdl=True)) == "64x32x128 w4 s4 tma pdl"
     )
@@ -576,9 +667,13 @@ def test_tma_candidates_are_sm90_inspection_cases():
     assert len(cases) == 2 * len(_tma_candidates())
     for c in cases:
         cfg = c.tags["config"]
-        assert c.kernel is pooler_module.pooler_fwd_tma_kernel
         assert c.tags["only_arch"] == "sm_90" and " tma" in c.name
-        assert c.constexprs["WARP_SPECIALIZE"] is cfg.warp_specialize
+        if cfg.stream_k:  # its own kernel, with its scratch after the output
+            assert c.kernel is pooler_module.pooler_fwd_stream_k_kernel
+            assert (c.signature["ws_ptr"], c.signature["ticket_ptr"]) == ("*fp32", "*i32")
+        else:
+            assert c.kernel is pooler_module.pooler_fwd_tma_kernel
+            assert c.constexprs["WARP_SPECIALIZE"] is cfg.warp_specialize
         t = {torch.float16: "fp16", torch.bfloat16: "bf16"}[c.dtype]
         assert c.signature["x_desc"] == f"tensordesc<{t}[{cfg.block_m}, {cfg.block_k}]>"
         assert c.signature["w_desc"] == f"tensordesc<{t}[{cfg.block_n}, {cfg.block_k}]>"

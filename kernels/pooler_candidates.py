@@ -204,6 +204,16 @@ _SM90_HALF_CANDIDATES = (
     # s4: 128 and 144 KiB)
     (1024, 8192, TileConfig(64, 128, 32, 4, 6, tma=True)),
     (1024, 8192, TileConfig(64, 128, 32, 4, 4, tma=True)),
+    # and stream-K (pooler_fwd_stream_k_kernel), unmeasured: one program per SM, each taking an
+    # equal run of all tiles' K chunks. Run 7's tiles leave SMs idle where the tile count is not
+    # a multiple of what the SMs hold: 96 128x128 tiles at M = 2048 (36 of 132 SMs idle), 192 at
+    # 4096 (60 SMs with two tiles, 72 with one); cuBLAS chose a 192x128 tile there, 132 tiles for
+    # 132 SMs, a shape Triton's power-of-two blocks cannot take. Each program here computes 8.7
+    # chunks of a 128x128 tile at 2048 instead of 12 on the busiest SM, 17.5 instead of 24 at
+    # 4096, at the cost of a 64 KiB fp32 partial written and read once per split tile. 147-151
+    # registers (Triton 3.6; 188 with 3.9), no spills: one program per SM either way.
+    (1024, 8192, TileConfig(128, 128, 64, 8, 3, tma=True, stream_k=True)),
+    (1024, 8192, TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},
@@ -219,6 +229,7 @@ PDL_INSPECTION_TILES = (
     TileConfig(128, 128, 64, 8, 4, persistent=True, pdl=True),
     TileConfig(64, 32, 128, 4, 4, tma=True, pdl=True),
     TileConfig(128, 128, 64, 8, 3, tma=True, persistent=True, pdl=True),
+    TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True, pdl=True),
 )
 
 

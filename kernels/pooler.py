@@ -617,6 +617,7 @@ def pooler_fwd_stream_k_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    BIAS_EARLY: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """The TMA kernel's tile with the work split evenly by K chunks instead of by tiles
@@ -626,10 +627,10 @@ def pooler_fwd_stream_k_kernel(
     a 128x128 tile makes 96 programs for 132 SMs. A program whose run covers a tile whole
     finishes it as the TMA kernel does; a run that covers part of one stores its fp32 partial in
     its slot (0 for its first run, 1 for its last) and takes a ticket (publish_partial); the last
-    of the tile's programs to arrive sums every partial in program order, which is K order, adds
-    the bias, applies the activation and stores. The order of that sum is fixed by M, N, K, the
-    tile and P, never by timing, so the result is deterministic; it may differ in the last bit
-    from the TMA kernel's (another grouping of the same fp32 sum). The launcher makes P <= T, so
+    of the tile's programs to arrive sums every partial in program order, which is K order,
+    applies the activation and stores (the bias: BIAS_EARLY, below). The order of that sum is fixed by M, N, K, the tile and P, never by
+    timing, so the result is deterministic; it may differ in the last bit from the TMA kernel's
+    (another grouping of the same fp32 sum). The launcher makes P <= T, so
     that every program has a run and a tile's programs are the consecutive ones that own its
     first and last chunks."""
     if PDL:
@@ -649,18 +650,26 @@ def pooler_fwd_stream_k_kernel(
         k_end = tl.minimum(chunks, k_first + (run_hi - c))
         i_m = tile // tiles_n
         i_n = tile % tiles_n
+        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < N
+        # BIAS_EARLY (STREAM_K_BIAS_EARLY says when): the tile's first run adds the bias (zeros
+        # in the others: it is summed once), loaded before the K loop so that its latency hides
+        # behind the first copies. Else the epilogue adds it, after the partials are summed.
+        m_bias = o_n < tl.where(k_first == 0, N, 0)
+        if HAS_BIAS and BIAS_EARLY:
+            b = tl.load(b_ptr + o_n * stride_b, mask=m_bias, other=0.0)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc = dot_k_tma(x_desc, w_desc, (i_m * BLOCK_M).to(tl.int32),
                         (i_n * BLOCK_N).to(tl.int32), acc, (k_first * BLOCK_K).to(tl.int32),
                         tl.minimum(k_end * BLOCK_K, K).to(tl.int32), INTERPRETED_BF16, BLOCK_M,
                         BLOCK_N, BLOCK_K, False)  # fmt: skip
+        if HAS_BIAS and BIAS_EARLY:
+            acc += b.to(tl.float32)[None, :]
         o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
         m_m = o_m < M
-        m_n = o_n < N
         if k_first == 0 and k_end == chunks:  # the whole K sum: no other program holds a part
-            acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
-                                      out_ptr.dtype.element_ty, False)  # fmt: skip
+            acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS and not BIAS_EARLY,
+                                      ACTIVATION, False, out_ptr.dtype.element_ty, False)  # fmt: skip
             store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
         else:
             m_out = m_m[:, None] & m_n[None, :]
@@ -676,8 +685,9 @@ def pooler_fwd_stream_k_kernel(
                     # p's run in this tile is its first (slot 0) if p starts inside the tile
                     p_slot = 2 * p + (p * chunks_total // programs < tile_lo).to(tl.int64)
                     total += read_partial(ws_ptr + p_slot * (BLOCK_M * BLOCK_N) + o_part, m_out)
-                total = bias_and_activation(total, b_ptr, o_n, m_n, stride_b, HAS_BIAS,
-                                            ACTIVATION, False, out_ptr.dtype.element_ty, False)  # fmt: skip
+                total = bias_and_activation(total, b_ptr, o_n, m_n, stride_b,
+                                            HAS_BIAS and not BIAS_EARLY, ACTIVATION, False,
+                                            out_ptr.dtype.element_ty, False)  # fmt: skip
                 store_tile(out_ptr, total, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
                 # re-arm the counter for the next launch (and the next CUDA-graph replay)
                 tl.atomic_xchg(ticket_ptr + tile, 0)
@@ -685,6 +695,12 @@ def pooler_fwd_stream_k_kernel(
 
 
 launch_pooler_fwd_stream_k = CachedLaunch(pooler_fwd_stream_k_kernel)
+# Whether the stream-K tile loads its bias before the K loop. Triton 3.6 (the GPU machines')
+# compiles that at 147-148 registers; 3.9 at 255 with spills (sm_90, 128x128x64 w8), as it does
+# a bias added to each first run after the loop, or the sum started from it (bias_accumulator);
+# so there the epilogue adds it (188 registers, no spills). 3.7 and 3.8 are untested and taken
+# as 3.9.
+STREAM_K_BIAS_EARLY = triton_version() < (3, 7)
 
 
 @functools.cache
@@ -980,7 +996,7 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
         args = (x_desc, w_desc, weight if bias is None else bias, out, ws, tickets, m, n, k,
                 bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
         flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn,
-                 bk, pdl)  # fmt: skip
+                 bk, STREAM_K_BIAS_EARLY, pdl)  # fmt: skip
         return launch_pooler_fwd_stream_k, grid, args, flags
     args = (x_desc, w_desc, weight if bias is None else bias, out, m, n, k,
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip

@@ -11,6 +11,7 @@ from .pooler import (
     BATCH_INVARIANT_CONFIGS,
     DTYPE_NAMES,
     POOLER_TABLES,
+    STREAM_K_BIAS_EARLY,
     WARP_SPECIALIZED_ROWS_ERROR,
     pooler_fwd_kernel,
     pooler_fwd_persistent_kernel,
@@ -322,7 +323,9 @@ def inspection_case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
         # a contiguous bias's stride is 1, which the launcher makes the constant 1
         constexprs = {"stride_b": 1, "HAS_BIAS": True, "ACTIVATION": "tanh",
                       "INTERPRETED_BF16": False, **tiles, "PDL": cfg.pdl}  # fmt: skip
-        if not cfg.stream_k:
+        if cfg.stream_k:
+            constexprs.update(BIAS_EARLY=STREAM_K_BIAS_EARLY)  # as this Triton's launch passes it
+        else:
             constexprs.update(WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent)
         divisible = ("b_ptr", "out_ptr", *scratch, "N", "K", "stride_om")
     else:

@@ -5,7 +5,8 @@ is as cold as the weight, is in flight with the K loop's first copies instead of
 latency every program waits at its end. That is a property of the scheduled machine code, so the
 check reads it there: every distinct fp16/bf16 tile of the tables, and one tile of each kernel
 branch but the persistent ones (which add the bias after the K loop, as bias_accumulator says why;
-tests/test_persistent_pipelined.py checks them), is compiled (sm_90, and sm_80 for the tiles that run there) and its SASS read: the first
+tests/test_persistent_pipelined.py checks them) and, with a Triton that compiles it so, the
+stream-K one (pooler.STREAM_K_BIAS_EARLY), is compiled (sm_90, and sm_80 for the tiles that run there) and its SASS read: the first
 plain global load (LDG; the K loop's copies are LDGSTS or TMA) must come before the first MMA
 (HMMA or HGMMA). Compiling runs in a subprocess, without TRITON_INTERPRET (which this process has
 on a CPU machine).
@@ -52,7 +53,7 @@ def _cases():
             for _, cfg in pooler.POOLER_TABLES[table][dtype]:
                 add(arch, dtype, cfg)
     for cfg in pooler_candidates.PDL_INSPECTION_TILES:
-        if not cfg.persistent:
+        if not cfg.persistent and (pooler.STREAM_K_BIAS_EARLY or not cfg.stream_k):
             add("sm_90", torch.float16, cfg._replace(pdl=False))
     return cases
 

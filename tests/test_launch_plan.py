@@ -59,7 +59,7 @@ def _stand_in_stream_k(x_desc, w_desc, b_ptr, out_ptr, ws_ptr, ticket_ptr, M, N,
                        stride_om, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                        INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PDL: tl.constexpr):  # fmt: skip
+                       BIAS_EARLY: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
     pass
 
 
@@ -80,13 +80,13 @@ def _compute(args: tuple) -> None:
     constexprs); the persistent kernel's arguments are the plain kernel's without the split-K
     scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides, and
     the stream-K kernel's have its scratch after the output."""
-    if len(args) == 18 and isinstance(args[4], torch.Tensor):  # stream-K: scratch, 7 constexprs
+    if len(args) == 19:  # stream-K: 11 runtime arguments (scratch after the output), 8 constexprs
         ws, tickets, (m, n), (bm, bn) = args[4], args[5], args[6:8], args[14:16]
         # two fp32 partial tiles for one program at least, an int32 ticket per tile, left at 0
         assert ws.dtype == torch.float32 and ws.numel() >= 2 * bm * bn
         assert tickets.dtype == torch.int32 and tickets.numel() >= -(-m // bm) * -(-n // bn)
         assert not tickets.any()
-        args = (*args[:4], *args[6:], False, False)  # as the TMA kernel's
+        args = (*args[:4], *args[6:-2], False, False, args[-1])  # as the TMA kernel's
     if len(args) == 21:  # the persistent signature: 13 runtime arguments, 8 constexprs
         args = (*args[:4], None, None, *args[4:])
     if len(args) == 18:  # the TMA signature: 9 runtime arguments, 9 constexprs

@@ -466,17 +466,21 @@ STREAM_K_SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("bias_early", [False, True], ids=["bias-late", "bias-early"])
 @pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
 @pytest.mark.parametrize("b,h_in,h_out,bias_on,activation", STREAM_K_SHAPES)
 def test_stream_k_tiles_split_between_programs_interpreter(b, h_in, h_out, bias_on, activation,
-                                                           dtype, spies, monkeypatch):  # fmt: skip
+                                                           dtype, bias_early, spies,
+                                                           monkeypatch):  # fmt: skip
     # Every program count: within the element-wise bound of the float64 result (the same K + 1
     # fp32 terms as the plain tile, grouped by runs), NaN-poisoned outputs fully written, the
     # same bits on a second launch (the tickets re-armed, the sum's order fixed), through the
-    # stream-K kernel; and every count's program runs as the launcher sizes them.
+    # stream-K kernel; and every count's program runs as the launcher sizes them. Both places
+    # the bias may be added (STREAM_K_BIAS_EARLY: it depends on the Triton release).
     from bertpool_fast.reference import pooler_reference
     from conftest import gemm_error_bound
 
+    monkeypatch.setattr(pooler_module, "STREAM_K_BIAS_EARLY", bias_early)
     hidden, weight, bias = make_inputs(b, 2, h_in, h_out, dtype)
     bias = bias if bias_on else None
     cfg = TileConfig(16, 32, 32, 4, 2, tma=True, stream_k=True)

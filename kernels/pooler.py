@@ -628,11 +628,11 @@ def pooler_fwd_stream_k_kernel(
     finishes it as the TMA kernel does; a run that covers part of one stores its fp32 partial in
     its slot (0 for its first run, 1 for its last) and takes a ticket (publish_partial); the last
     of the tile's programs to arrive sums every partial in program order, which is K order,
-    applies the activation and stores (the bias: BIAS_EARLY, below). The order of that sum is fixed by M, N, K, the tile and P, never by
-    timing, so the result is deterministic; it may differ in the last bit from the TMA kernel's
-    (another grouping of the same fp32 sum). The launcher makes P <= T, so
-    that every program has a run and a tile's programs are the consecutive ones that own its
-    first and last chunks."""
+    applies the activation and stores (the bias: BIAS_EARLY, below). The order of that sum is
+    fixed by M, N, K, the tile and P, never by timing, so the result is deterministic; it may
+    differ in the last bit from the TMA kernel's (another grouping of the same fp32 sum). The
+    launcher makes P <= T, so that every program has a run and a tile's programs are the
+    consecutive ones that own its first and last chunks."""
     if PDL:
         gdc_wait()
     tiles_n = tl.cdiv(N, BLOCK_N)
@@ -669,7 +669,8 @@ def pooler_fwd_stream_k_kernel(
         m_m = o_m < M
         if k_first == 0 and k_end == chunks:  # the whole K sum: no other program holds a part
             acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS and not BIAS_EARLY,
-                                      ACTIVATION, False, out_ptr.dtype.element_ty, False)  # fmt: skip
+                                      ACTIVATION, False, out_ptr.dtype.element_ty,
+                                      False)  # fmt: skip
             store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
         else:
             m_out = m_m[:, None] & m_n[None, :]

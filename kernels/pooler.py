@@ -655,9 +655,8 @@ def pooler_fwd_stream_k_kernel(
         # BIAS_EARLY (STREAM_K_BIAS_EARLY says when): the tile's first run adds the bias (zeros
         # in the others: it is summed once), loaded before the K loop so that its latency hides
         # behind the first copies. Else the epilogue adds it, after the partials are summed.
-        m_bias = o_n < tl.where(k_first == 0, N, 0)
         if HAS_BIAS and BIAS_EARLY:
-            b = tl.load(b_ptr + o_n * stride_b, mask=m_bias, other=0.0)
+            b = tl.load(b_ptr + o_n * stride_b, mask=o_n < tl.where(k_first == 0, N, 0), other=0.0)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc = dot_k_tma(x_desc, w_desc, (i_m * BLOCK_M).to(tl.int32),
                         (i_n * BLOCK_N).to(tl.int32), acc, (k_first * BLOCK_K).to(tl.int32),

@@ -504,15 +504,43 @@ def dot_k_tma(
     producer warp issues the copies and consumer warpgroups the MMAs, each waiting only on its
     own barriers (Triton's automatic warp specialization); the sum's K order is the same.
     """
+    acc, _, _ = dot_k_tma_parts(x_desc, w_desc, off_m, off_n, acc, acc, acc, k_lo, k_hi,
+                                INTERPRETED_BF16, BLOCK_N, BLOCK_K, 1,
+                                WARP_SPECIALIZE)  # fmt: skip
+    return acc
+
+
+@triton.jit
+def dot_k_tma_parts(
+    x_desc, w_desc, off_m, off_n, acc0, acc1, acc2, k_lo, k_hi, INTERPRETED_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, N_PARTS: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):  # fmt: skip
+    """dot_k_tma for N_PARTS (1 to 3) adjacent BLOCK_N-wide column blocks from off_n, each with
+    its own accumulator (acc0, acc1, acc2; those past N_PARTS come back as they went in), all
+    from one X chunk per K step: a tile BLOCK_N * N_PARTS wide that is not a power of two
+    (TileConfig.n_parts says why)."""
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, warp_specialize=WARP_SPECIALIZE):
         b_x = x_desc.load([off_m, k0])
-        b_w = w_desc.load([off_n, k0])
+        b_w0 = w_desc.load([off_n, k0])
+        if N_PARTS > 1:
+            b_w1 = w_desc.load([off_n + BLOCK_N, k0])
+        if N_PARTS > 2:
+            b_w2 = w_desc.load([off_n + 2 * BLOCK_N, k0])
         if INTERPRETED_BF16:  # as in dot_k_range: the interpreter's bf16 dot is wrong
             b_x = b_x.to(tl.float32)
-            b_w = b_w.to(tl.float32)
+            b_w0 = b_w0.to(tl.float32)
+            if N_PARTS > 1:
+                b_w1 = b_w1.to(tl.float32)
+            if N_PARTS > 2:
+                b_w2 = b_w2.to(tl.float32)
         # fp16/bf16 operands only; "ieee" matters only for the interpreter's fp32 copies above
-        acc = tl.dot(b_x, b_w.T, acc, input_precision="ieee")
-    return acc
+        acc0 = tl.dot(b_x, b_w0.T, acc0, input_precision="ieee")
+        if N_PARTS > 1:
+            acc1 = tl.dot(b_x, b_w1.T, acc1, input_precision="ieee")
+        if N_PARTS > 2:
+            acc2 = tl.dot(b_x, b_w2.T, acc2, input_precision="ieee")
+    return acc0, acc1, acc2
 
 
 @triton.jit
@@ -520,18 +548,52 @@ def tma_output_tile(
     x_desc, w_desc, b_ptr, out_ptr, i_m, i_n, M, N, K, stride_b, stride_om,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, BIAS_FIRST: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, BIAS_FIRST: tl.constexpr, N_PARTS: tl.constexpr = 1,
 ):  # fmt: skip
-    """Output tile (i_m, i_n) of the TMA kernel: the plain kernel's K sum (from the bias unless
-    not BIAS_FIRST) and epilogue."""
-    o_n = i_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    acc = bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS and BIAS_FIRST, False, BLOCK_M,
-                           BLOCK_N)  # fmt: skip
-    acc = dot_k_tma(x_desc, w_desc, i_m * BLOCK_M, i_n * BLOCK_N, acc, 0, K, INTERPRETED_BF16,
-                    BLOCK_M, BLOCK_N, BLOCK_K, WARP_SPECIALIZE)  # fmt: skip
+    """Output tile (i_m, i_n) of the TMA kernel, BLOCK_N * N_PARTS wide: the plain kernel's K sum
+    (from the bias unless not BIAS_FIRST) and epilogue, on each BLOCK_N-wide part."""
+    n0 = i_n.to(tl.int64) * (BLOCK_N * N_PARTS)
+    acc0, o_n0, m_n0 = tma_part_start(b_ptr, n0, N, stride_b, HAS_BIAS and BIAS_FIRST, BLOCK_M,
+                                      BLOCK_N)  # fmt: skip
+    acc1, o_n1, m_n1 = acc0, o_n0, m_n0
+    acc2, o_n2, m_n2 = acc0, o_n0, m_n0
+    if N_PARTS > 1:
+        acc1, o_n1, m_n1 = tma_part_start(b_ptr, n0 + BLOCK_N, N, stride_b,
+                                          HAS_BIAS and BIAS_FIRST, BLOCK_M, BLOCK_N)  # fmt: skip
+    if N_PARTS > 2:
+        acc2, o_n2, m_n2 = tma_part_start(b_ptr, n0 + 2 * BLOCK_N, N, stride_b,
+                                          HAS_BIAS and BIAS_FIRST, BLOCK_M, BLOCK_N)  # fmt: skip
+    acc0, acc1, acc2 = dot_k_tma_parts(x_desc, w_desc, i_m * BLOCK_M, i_n * (BLOCK_N * N_PARTS),
+                                       acc0, acc1, acc2, 0, K, INTERPRETED_BF16, BLOCK_N, BLOCK_K,
+                                       N_PARTS, WARP_SPECIALIZE)  # fmt: skip
     o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
+    tma_part_store(acc0, b_ptr, out_ptr, o_m, m_m, o_n0, m_n0, stride_b, stride_om, HAS_BIAS,
+                   ACTIVATION, INTERPRETED_BF16, BIAS_FIRST)  # fmt: skip
+    if N_PARTS > 1:
+        tma_part_store(acc1, b_ptr, out_ptr, o_m, m_m, o_n1, m_n1, stride_b, stride_om, HAS_BIAS,
+                       ACTIVATION, INTERPRETED_BF16, BIAS_FIRST)  # fmt: skip
+    if N_PARTS > 2:
+        tma_part_store(acc2, b_ptr, out_ptr, o_m, m_m, o_n2, m_n2, stride_b, stride_om, HAS_BIAS,
+                       ACTIVATION, INTERPRETED_BF16, BIAS_FIRST)  # fmt: skip
+
+
+@triton.jit
+def tma_part_start(b_ptr, n0, N, stride_b, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):  # fmt: skip
+    """(bias_accumulator, the columns o_n, their bound m_n) for the BLOCK_N columns from n0, an
+    int64."""
+    o_n = n0 + tl.arange(0, BLOCK_N)
+    m_n = o_n < N
+    return bias_accumulator(b_ptr, o_n, m_n, stride_b, HAS_BIAS, False, BLOCK_M, BLOCK_N), o_n, m_n
+
+
+@triton.jit
+def tma_part_store(
+    acc, b_ptr, out_ptr, o_m, m_m, o_n, m_n, stride_b, stride_om, HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr, INTERPRETED_BF16: tl.constexpr, BIAS_FIRST: tl.constexpr,
+):  # fmt: skip
+    """A tile part's epilogue: bias (unless BIAS_FIRST added it), activation, store."""
     acc = bias_and_activation(acc, b_ptr, o_n, m_n, stride_b, HAS_BIAS, ACTIVATION, False,
                               out_ptr.dtype.element_ty, BIAS_FIRST)  # fmt: skip
     store_tile(out_ptr, acc, o_m, o_n, m_m, m_n, stride_om, INTERPRETED_BF16)
@@ -556,11 +618,13 @@ def pooler_fwd_tma_kernel(
     BLOCK_K: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    N_PARTS: tl.constexpr = 1,
     PDL: tl.constexpr = False,
 ):
     """pooler_fwd_kernel's plain tile (no split, no swap) with TMA loads; the same epilogue, the
-    same tile order (N tiles fastest) and the same K chunks in the same order. PERSISTENT: a 1-D
-    grid of about one program per SM walks the tiles i, i + programs, ... as
+    same tile order (N tiles fastest) and the same K chunks in the same order. N_PARTS: each
+    program's tile is N_PARTS adjacent BLOCK_N-wide column blocks (not with PERSISTENT).
+    PERSISTENT: a 1-D grid of about one program per SM walks the tiles i, i + programs, ... as
     pooler_fwd_persistent_kernel does; its loop is flattened with the K loop, so the pipeliner may
     issue the next tile's first copies before this tile's epilogue; it adds the bias after the K
     loop (bias_accumulator says why). WARP_SPECIALIZE: a producer warpgroup issues the copies and
@@ -586,7 +650,7 @@ def pooler_fwd_tma_kernel(
     else:
         tma_output_tile(x_desc, w_desc, b_ptr, out_ptr, tl.program_id(1), tl.program_id(0), M, N,
                         K, stride_b, stride_om, HAS_BIAS, ACTIVATION, INTERPRETED_BF16, BLOCK_M,
-                        BLOCK_N, BLOCK_K, WARP_SPECIALIZE, True)  # fmt: skip
+                        BLOCK_N, BLOCK_K, WARP_SPECIALIZE, True, N_PARTS)  # fmt: skip
 
 
 launch_pooler_fwd_tma = CachedLaunch(pooler_fwd_tma_kernel)
@@ -750,6 +814,15 @@ def check_config(config: TileConfig) -> None:
             f"config.stream_k needs config.tma, and takes neither persistent nor warp_specialize: "
             f"{config}"
         )
+    if not 1 <= config.n_parts <= 3:
+        raise ValueError(f"config.n_parts must be 1, 2 or 3, got {config.n_parts}")
+    if config.n_parts > 1 and (
+        not config.tma or config.persistent or config.warp_specialize or config.stream_k
+    ):
+        raise ValueError(
+            f"config.n_parts needs config.tma, and takes none of persistent, warp_specialize or "
+            f"stream_k: {config}"
+        )
     if not _INTERPRETED and not warp_specialized_tile_compiles(config):
         raise ValueError(
             f"config.warp_specialize: Triton {'.'.join(map(str, triton_version()))} cannot compile "
@@ -886,6 +959,8 @@ def launch_args(x, weight, bias, activation, out, config: TileConfig, device: to
         if config.stream_k:  # one program per SM, at most one per K chunk (the kernel needs it)
             chunks = grid_n * grid_m * -(-k // config.block_k)
             tiles = (min(chunks, persistent_programs(device)),)
+        elif config.n_parts > 1:  # n_parts column blocks a program (the pointer kernel: one)
+            tiles = (-(-n // (config.block_n * config.n_parts)), grid_m)
         return _tma_launch_args(x, weight, bias, activation, out, config, tiles, x_strides[0],
                                 w_strides[0], pdl, device)  # fmt: skip
     b = weight if bias is None else bias  # any valid pointer; unread without HAS_BIAS
@@ -1001,5 +1076,5 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
     args = (x_desc, w_desc, weight if bias is None else bias, out, m, n, k,
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
     flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn, bk,
-             config.warp_specialize, config.persistent, pdl)  # fmt: skip
+             config.warp_specialize, config.persistent, config.n_parts, pdl)  # fmt: skip
     return launch_pooler_fwd_tma, grid, args, flags

@@ -215,6 +215,19 @@ _SM90_HALF_CANDIDATES = (
     # registers (Triton 3.6; 188 with 3.9), no spills: one program per SM either way.
     (1024, 8192, TileConfig(128, 128, 64, 8, 3, tma=True, stream_k=True)),
     (1024, 8192, TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True)),
+    # and tiles three 64-wide column blocks wide (TileConfig.n_parts), unmeasured: the whole
+    # tiles that fill the SMs which stream-K splits to get there. 128x(3x64) is 4 x 32 = 128
+    # tiles at M = 4096, one wave of one CTA per SM (145 registers; 120 or 160 KiB), each 1.5
+    # times a 128x128 tile's work, where 128x128 tiles make 192 (two waves at one CTA per SM);
+    # 64x(3x64) is 128 tiles at M = 2048, where the 128x128 winner makes 96. Run 7's 128x128x64
+    # s4 tile, one CTA per SM, took 8.50 us at 2048 (one wave) and 15.16 at 4096 (two): ~1.8 us
+    # fixed and ~6.7 a wave. Scaled by work alone that predicts ~11.9 us for 128x(3x64) at 4096
+    # and ~6.8 for 64x(3x64) at 2048; fewer bytes per output and three MMAs per X chunk may do
+    # better, one warpgroup a CTA (64 rows) worse.
+    (2048, 8192, TileConfig(128, 64, 64, 8, 3, tma=True, n_parts=3)),
+    (2048, 8192, TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3)),
+    (2048, 4096, TileConfig(64, 64, 64, 4, 3, tma=True, n_parts=3)),
+    (2048, 4096, TileConfig(64, 64, 64, 4, 4, tma=True, n_parts=3)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},
@@ -231,6 +244,7 @@ PDL_INSPECTION_TILES = (
     TileConfig(64, 32, 128, 4, 4, tma=True, pdl=True),
     TileConfig(128, 128, 64, 8, 3, tma=True, persistent=True, pdl=True),
     TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True, pdl=True),
+    TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3, pdl=True),
 )
 
 
@@ -326,7 +340,8 @@ def inspection_case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
         if cfg.stream_k:
             constexprs.update(BIAS_EARLY=STREAM_K_BIAS_EARLY)  # as this Triton's launch passes it
         else:
-            constexprs.update(WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent)
+            constexprs.update(WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent,
+                              N_PARTS=cfg.n_parts)  # fmt: skip
         divisible = ("b_ptr", "out_ptr", *scratch, "N", "K", "stride_om")
     else:
         # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB

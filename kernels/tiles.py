@@ -32,11 +32,17 @@ class TileConfig(NamedTuple):
     # split between programs is summed in fixed order by the last to finish (stream-K;
     # kernels/pooler.py)
     stream_k: bool = False
+    # TMA tiles only (not persistent, warp-specialized or stream-K): a program's tile is n_parts
+    # adjacent block_n-wide column blocks (1 to 3) sharing each X chunk, so 128x(3x64) is 128
+    # rows by 192 columns, a width Triton's power-of-two blocks cannot take whole; at H = 768 on
+    # a 132-SM H100, 128 such tiles at M = 4096 and 128 of 64x(3x64) at 2048 (kernels/pooler.py)
+    n_parts: int = 1
 
 
 def config_label(cfg: TileConfig) -> str:
-    """A config in a few characters: 64x32x64 w4 s3 k4 swap."""
-    label = f"{cfg.block_m}x{cfg.block_n}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
+    """A config in a few characters: 64x32x64 w4 s3 k4 swap, 128x(3x64)x64 w8 s4 tma."""
+    width = f"({cfg.n_parts}x{cfg.block_n})" if cfg.n_parts > 1 else f"{cfg.block_n}"
+    label = f"{cfg.block_m}x{width}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
     if cfg.split_k > 1:
         label += f" k{cfg.split_k}"
     label += (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")

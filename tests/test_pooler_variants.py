@@ -394,7 +394,8 @@ def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=Tru
     """The tile with and without tma=True into NaN-filled outputs: both within the element-wise
     bound of the float64 result, each through the launch it should take. Under the interpreter
     both compute the same zero-padded tile products in the same K order: the same bits (not so a
-    stream-K tile, whose programs sum partial K runs: the same terms, grouped otherwise)."""
+    stream-K tile, whose programs sum partial K runs: the same terms, grouped otherwise). A tile
+    of n_parts column blocks is compared with the pointer kernel's tile of one."""
     from bertpool_fast.reference import pooler_reference
     from conftest import gemm_error_bound
 
@@ -406,7 +407,7 @@ def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=Tru
     pooler_fwd(hidden, weight, bias, activation, out=out, config=cfg)
     assert (tma.calls, plain.calls) == ((1, 0) if expect_tma else (0, 1)), config_label(cfg)
     ref_out = poisoned((m, n), hidden.dtype, hidden.device)
-    pointer_cfg = cfg._replace(tma=False, warp_specialize=False, stream_k=False)
+    pointer_cfg = cfg._replace(tma=False, warp_specialize=False, stream_k=False, n_parts=1)
     pooler_fwd(hidden, weight, bias, activation, out=ref_out, config=pointer_cfg)
     x = hidden[:, 0] if hidden.dim() == 3 else hidden
     b64 = None if bias is None else bias.double()
@@ -452,6 +453,71 @@ def test_tma_tile_shapes_interpreter(b, s, h_in, h_out, bias_on, activation, dty
     hidden, weight, bias = make_inputs(b, s, h_in, h_out, dtype)
     cfg = TileConfig(64, 128, 64, 4, 3, tma=True)
     _check_tma_case(hidden, weight, bias if bias_on else None, activation, cfg, spies)
+
+
+# (B, H_in, H_out, bias, activation) for tiles of 2 and 3 column blocks of 16 (32 and 48 wide):
+# N inside the first part, inside the last, on a part's edge, past a tile's whole last parts (those
+# parts' W blocks are out of bounds altogether: zeros from the copy engine, nothing stored).
+N_PARTS_SHAPES = [
+    pytest.param(37, 136, 40, True, "tanh", id="N40-last-part-partial-tanh"),
+    pytest.param(5, 64, 72, True, "gelu", id="N72-second-tile-parts-past-N-gelu"),
+    pytest.param(17, 40, 16, False, "relu", id="N16-one-part-of-three-no-bias"),
+    pytest.param(1, 96, 96, True, "identity", id="N96-M1-identity"),
+]
+
+
+@pytest.mark.parametrize("n_parts", [2, 3])
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+@pytest.mark.parametrize("b,h_in,h_out,bias_on,activation", N_PARTS_SHAPES)
+def test_tma_tiles_of_column_parts_interpreter(b, h_in, h_out, bias_on, activation, dtype,
+                                               n_parts, spies):  # fmt: skip
+    # within the float64 bound, fully written, the pointer tile's bits; and the grid is one
+    # program per BLOCK_N * n_parts columns
+    hidden, weight, bias = make_inputs(b, 2, h_in, h_out, dtype)
+    cfg = TileConfig(16, 16, 32, 4, 2, tma=True, n_parts=n_parts)
+    _check_tma_case(hidden, weight, bias if bias_on else None, activation, cfg, spies)
+    out = torch.empty(b, h_out, dtype=dtype)
+    _, grid, _, _ = pooler_module.launch_args(hidden, weight, bias, activation, out, cfg,
+                                              hidden.device)  # fmt: skip
+    assert grid == (-(-h_out // (16 * n_parts)), -(-b // 16))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
+@pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
+def test_tma_tiles_of_column_parts_on_the_gpu(dtype, spies):
+    # The 128x(3x64) and 64x(3x64) candidates as compiled, at BERT-base and BERT-large widths
+    # (768 = 4 x 192; 1024 leaves a last tile whose two last parts lie past N), M with a tail
+    tma, plain = spies
+    cases = [(m, h, cfg) for m in (1000, 4096) for h in (768, 1024)
+             for cfg in (TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3),
+                         TileConfig(64, 64, 64, 4, 4, tma=True, n_parts=3))]  # fmt: skip
+    for m, h, cfg in cases:
+        hidden, weight, bias = make_inputs(m, 3, h, h, dtype)
+        out = run_checked(hidden, weight, bias, cfg)
+        try:
+            assert_close_rel(out, reference64(hidden, weight, bias), dtype)
+        except AssertionError as exc:
+            raise AssertionError(f"M = {m}, H = {h}, {config_label(cfg)}: {exc}") from None
+    launches = 2 * len(cases)
+    expected = (launches, 0) if pooler_module.has_tma(hidden.device) else (0, launches)
+    assert (tma.calls, plain.calls) == expected
+
+
+def test_column_parts_config_is_validated():
+    hidden, weight, bias = make_inputs(2, 1, 32, 16, torch.float16)
+    for cfg in (TileConfig(16, 16, 16, 4, 1, n_parts=3),
+                TileConfig(16, 16, 16, 4, 1, tma=True, persistent=True, n_parts=3),
+                TileConfig(64, 16, 16, 4, 1, tma=True, warp_specialize=True, n_parts=2),
+                TileConfig(16, 16, 16, 4, 1, tma=True, stream_k=True, n_parts=2)):  # fmt: skip
+        with pytest.raises(ValueError, match="config.n_parts needs config.tma"):
+            pooler_fwd(hidden, weight, bias, "tanh", config=cfg)
+    for n_parts in (0, 4):
+        with pytest.raises(ValueError, match="config.n_parts must be 1, 2 or 3, got"):
+            pooler_fwd(hidden, weight, bias, "tanh",
+                       config=TileConfig(16, 16, 16, 4, 1, tma=True, n_parts=n_parts))  # fmt: skip
+    assert (config_label(TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3, pdl=True))
+            == "128x(3x64)x64 w8 s4 tma pdl")  # fmt: skip
 
 
 # (B, H_in, H_out, bias, activation) for the stream-K tile 16x32x32: its programs each take an
@@ -648,12 +714,12 @@ def test_tma_config_is_validated_and_labelled():
         config_label(TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True))
         == "64x128x64 w4 s3 tma ws"
     )
-    # positional uses of TileConfig keep their meaning: tma, warp_specialize, pdl and stream_k
-    # are the last fields, off by default
+    # positional uses of TileConfig keep their meaning: tma, warp_specialize, pdl, stream_k and
+    # n_parts are the last fields, off (1) by default
     assert TileConfig(16, 32, 64, 4, 3, 4, True, False) == TileConfig(
         16, 32, 64, 4, 3, split_k=4, swap_ab=True
     )
-    assert TileConfig._fields[-4:] == ("tma", "warp_specialize", "pdl", "stream_k")
+    assert TileConfig._fields[-5:] == ("tma", "warp_specialize", "pdl", "stream_k", "n_parts")
     assert (config_label(TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True, pdl=True))
             == "128x128x64 w8 s4 tma stream-k pdl")  # fmt: skip
     assert (

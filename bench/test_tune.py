@@ -283,6 +283,42 @@ def test_a_width_sweep_makes_that_widths_table_and_keeps_the_main_one(monkeypatc
     assert tune.width_table([_bucket(3000, a, b)], ((None, b),)) == ((2048, None), (None, a))
 
 
+def test_eager_rows_mark_the_m_where_eager_measured_faster_by_the_margin():
+    a = TileConfig(64, 64, 64, 4, 4)
+
+    def bucket(m, eager_us, eager_ok=True, tiles_ok=True):
+        b = _bucket(m, a, a)
+        b.measurements[0].median_us = eager_us
+        b.measurements[0].status = "ok" if eager_ok else "REJECTED: rel err"
+        for x in b.measurements[1:]:
+            x.status = x.status if tiles_ok else "REJECTED: rel err"
+        return b
+
+    fastest_tile = 2.0
+    cases = [
+        (bucket(1, 1.0), True),  # eager twice as fast
+        (bucket(8, fastest_tile / tune.EAGER_MARGIN * 1.001), False),  # within the margin
+        (bucket(64, 3.0), False),  # the tile faster
+        (bucket(512, 9.0, tiles_ok=False), True),  # no correct tile: eager, however slow
+        (bucket(8192, 1.0, eager_ok=False), False),  # eager itself rejected
+    ]
+    assert [tune.eager_faster(b) for b, _ in cases] == [want for _, want in cases]
+    assert tune.eager_rows([b for b, _ in cases]) == ((1, True), (64, False), (512, True),
+                                                      (None, False))  # fmt: skip
+    # a width's rows hand the M below its smallest back to the main table's
+    assert tune.width_table([bucket(2048, 1.0)], (), tune.eager_rows) == ((1024, None),
+                                                                        (None, True))  # fmt: skip
+
+
+def test_a_main_sweep_writes_its_eager_rows_beside_its_tiles():
+    a, b = TileConfig(128, 128, 64, 8, 4, tma=True), TileConfig(64, 128, 64, 4, 3, tma=True)
+    slow_eager = _bucket(8192, b, a)
+    slow_eager.measurements[0].median_us = 5.0
+    module = tune.new_tables([_bucket(4096, a, b), slow_eager], "sm90", _ENV, 768, 128)
+    assert module.eager_tables["sm90"]["fp16"] == ((4096, True), (None, False))
+    assert module.eager_width_tables == tune.TableModule.current().eager_width_tables
+
+
 def test_a_width_table_round_trips_through_the_table_module(tmp_path):
     a = TileConfig(128, 128, 64, 8, 3, tma=True, pdl=True)
     module = tune.new_tables([_bucket(4096, a, a)], "sm90", _ENV, 1024, 128, width=1024)
@@ -292,9 +328,13 @@ def test_a_width_table_round_trips_through_the_table_module(tmp_path):
     assert loaded.WIDTH_TABLES == {"sm90": {1024: {"fp16": ((2048, None), (None, a))}}}
     assert loaded.WIDTH_PROVENANCE == module.width_provenance
     assert loaded.TABLES == pooler_tables.TABLES and loaded.PROVENANCE == pooler_tables.PROVENANCE
+    # _bucket's eager (1 us) beats its winner (2 us): the width's eager rows say so from 2049
+    assert loaded.EAGER_WIDTH_TABLES == {"sm90": {1024: {"fp16": ((2048, None), (None, True))}}}
+    assert loaded.EAGER_TABLES == pooler_tables.EAGER_TABLES
     # rendering what was loaded gives the same source: a tune's diff shows only measurements
     again = tune.TableModule(loaded.TABLES, loaded.PROVENANCE, loaded.WIDTH_TABLES,
-                             loaded.WIDTH_PROVENANCE)  # fmt: skip
+                             loaded.WIDTH_PROVENANCE, loaded.EAGER_TABLES,
+                             loaded.EAGER_WIDTH_TABLES)  # fmt: skip
     assert tune.render_module(again, tune.TABLE_HEADER) == path.read_text()
 
 

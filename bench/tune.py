@@ -62,6 +62,10 @@ DRY_RUN = {"batches": (1, 8, 33), "hidden": 128, "seq": 3}
 # Seconds of --budget-s kept for what follows the candidates: the remaining M's eager and
 # current-table timings (~1 s each) and writing the results, so a run ends inside its budget.
 RESERVE_S = 20.0
+# How much faster eager (cuBLAS linear, then tanh) must measure than the fastest tile at an M for
+# the table to send backend="auto" there (kernels/pooler_tables.py's EAGER_TABLES): medians of
+# one run differ by about 1% between runs, so a tie never flips to eager on noise.
+EAGER_MARGIN = 1.03
 # Seconds the parallel compile may take before a config whose one launch has not returned is
 # given up as hung (80 configs over 8 workers compiled in 15.5 s on the H100 host).
 PRECOMPILE_DEADLINE_S = 75.0
@@ -315,20 +319,41 @@ def build_table(buckets: list[BucketResult], fallback: tuple) -> tuple:
     for b in sorted(buckets, key=lambda b: b.m):
         winner = next((x for x in b.measurements if x.label == b.winner and x.config), None)
         picks.append((b.m, TileConfig(**winner.config) if winner else pick_tile(fallback, b.m)))
+    return _merged_rows(picks)
+
+
+def eager_faster(bucket: BucketResult) -> bool:
+    """Whether eager measured faster than every correct tile at this M, by EAGER_MARGIN (or no tile
+    was correct)."""
+    eager = next((x for x in bucket.measurements if x.source == "eager"), None)
+    if eager is None or eager.status != "ok" or eager.median_us is None:
+        return False
+    best = _fastest(bucket)
+    return best is None or eager.median_us * EAGER_MARGIN < best.median_us
+
+
+def eager_rows(buckets: list[BucketResult]) -> tuple:
+    """Per measured M, whether eager won (``eager_faster``) -> rows as ``build_table``'s."""
+    return _merged_rows([(b.m, eager_faster(b)) for b in sorted(buckets, key=lambda b: b.m)])
+
+
+def _merged_rows(picks: list) -> tuple:
+    # (M, value) in increasing M -> table rows: adjacent equal values merge, the last bound None
     rows: list[list[Any]] = []
-    for m, cfg in picks:
-        if rows and rows[-1][1] == cfg:
+    for m, value in picks:
+        if rows and rows[-1][1] == value:
             rows[-1][0] = m
         else:
-            rows.append([m, cfg])
+            rows.append([m, value])
     rows[-1][0] = None
-    return tuple((m, cfg) for m, cfg in rows)
+    return tuple((m, value) for m, value in rows)
 
 
-def width_table(buckets: list[BucketResult], fallback: tuple) -> tuple:
-    """``build_table`` for a width's own table: the M below the smallest measured one, down to the
-    previous M of the tune's grid, are handed back to the main table (a None row)."""
-    rows = build_table(buckets, fallback)
+def width_table(buckets: list[BucketResult], fallback: tuple, rows_of=None) -> tuple:
+    """``build_table`` (or ``rows_of``) for a width's own table: the M below the smallest measured
+    one, down to the previous M of the tune's grid, are handed back to the main table (a None
+    row)."""
+    rows = build_table(buckets, fallback) if rows_of is None else rows_of(buckets)
     smallest = min(b.m for b in buckets)
     below = [m for m in BATCHES if m < smallest]
     if below:
@@ -352,6 +377,9 @@ class TableModule:
     provenance: dict
     width_tables: dict = field(default_factory=dict)
     width_provenance: dict = field(default_factory=dict)
+    # where eager measured faster (True / False rows), main and per width
+    eager_tables: dict = field(default_factory=dict)
+    eager_width_tables: dict = field(default_factory=dict)
 
     @classmethod
     def current(cls) -> TableModule:
@@ -363,6 +391,11 @@ class TableModule:
             dict(t.PROVENANCE),
             {arch: {h: dict(d) for h, d in by.items()} for arch, by in t.WIDTH_TABLES.items()},
             {arch: dict(by) for arch, by in t.WIDTH_PROVENANCE.items()},
+            {arch: dict(by_dtype) for arch, by_dtype in t.EAGER_TABLES.items()},
+            {
+                arch: {h: dict(d) for h, d in by.items()}
+                for arch, by in t.EAGER_WIDTH_TABLES.items()
+            },
         )
 
 
@@ -382,8 +415,11 @@ def _render_tables(by_dtype: dict, indent: int) -> list[str]:
     lines = []
     for dtype_name, rows in by_dtype.items():
         lines.append(f"{pad}{json.dumps(dtype_name)}: (")
-        for m, cfg in rows:
-            lines.append(f"{pad}    ({m!r}, {'None' if cfg is None else render_config(cfg)}),")
+        for m, value in rows:
+            shown = (
+                repr(value) if value is None or isinstance(value, bool) else render_config(value)
+            )
+            lines.append(f"{pad}    ({m!r}, {shown}),")
         lines.append(f"{pad}),")
     return lines
 
@@ -393,10 +429,7 @@ def render_module(module: TableModule, header: str) -> str:
     lines = ['"""' + header.strip() + '\n"""', "", "from .tiles import TileConfig as T", ""]
     lines.append("PROVENANCE = {")
     lines += [_render_text(json.dumps(arch), text, 4) for arch, text in module.provenance.items()]
-    lines += ["}", "", "TABLES = {"]
-    for arch, by_dtype in module.tables.items():
-        lines += [f"    {json.dumps(arch)}: {{", *_render_tables(by_dtype, 8), "    },"]
-    lines += ["}", ""]
+    lines += ["}", "", *_render_by_arch("TABLES", module.tables), ""]
     if module.width_provenance:
         lines.append("WIDTH_PROVENANCE = {")
         for arch, by_width in module.width_provenance.items():
@@ -406,18 +439,31 @@ def render_module(module: TableModule, header: str) -> str:
         lines.append("}")
     else:
         lines.append("WIDTH_PROVENANCE = {}")
-    lines.append("")
-    if module.width_tables:
-        lines.append("WIDTH_TABLES = {")
-        for arch, by_width in module.width_tables.items():
-            lines.append(f"    {json.dumps(arch)}: {{")
-            for h, by_dtype in by_width.items():
-                lines += [f"        {h}: {{", *_render_tables(by_dtype, 12), "        },"]
-            lines.append("    },")
-        lines.append("}")
-    else:
-        lines.append("WIDTH_TABLES = {}")
+    lines += ["", *_render_by_width("WIDTH_TABLES", module.width_tables), ""]
+    lines += [*_render_by_arch("EAGER_TABLES", module.eager_tables), ""]
+    lines += _render_by_width("EAGER_WIDTH_TABLES", module.eager_width_tables)
     return "\n".join(lines) + "\n"
+
+
+def _render_by_arch(name: str, tables: dict) -> list[str]:
+    if not tables:
+        return [f"{name} = {{}}"]
+    lines = [f"{name} = {{"]
+    for arch, by_dtype in tables.items():
+        lines += [f"    {json.dumps(arch)}: {{", *_render_tables(by_dtype, 8), "    },"]
+    return lines + ["}"]
+
+
+def _render_by_width(name: str, tables: dict) -> list[str]:
+    if not tables:
+        return [f"{name} = {{}}"]
+    lines = [f"{name} = {{"]
+    for arch, by_width in tables.items():
+        lines.append(f"    {json.dumps(arch)}: {{")
+        for h, by_dtype in by_width.items():
+            lines += [f"        {h}: {{", *_render_tables(by_dtype, 12), "        },"]
+        lines.append("    },")
+    return lines + ["}"]
 
 
 TABLE_HEADER = """Forward-pooler tile tables, per GPU architecture, dtype and batch bucket: data, not code.
@@ -432,6 +478,11 @@ Architectures: "sm<major><minor>" of a compute capability ("sm90" = 9.0, exact m
 ``python -m bench.tune --hidden H``) serves square [H, H] weights of that width on that
 architecture instead; its rows cover the M it measured, and a row whose config is None hands
 those M back to ``TABLES``. ``WIDTH_PROVENANCE`` says where each came from.
+``EAGER_TABLES[arch][dtype]`` and ``EAGER_WIDTH_TABLES[arch][H][dtype]``, from the same tunes, have
+the tile tables' rows with True or False for a config: True where eager (cuBLAS linear, then the
+activation) measured faster than every tile, by the margin the tune names; ``backend="auto"`` runs
+eager at those M, ``backend="triton"`` the table's tile. A width's row of None hands those M back
+to ``EAGER_TABLES``; no row at all means False.
 """
 
 
@@ -444,12 +495,18 @@ def new_tables(buckets: list[BucketResult], arch: str, env: dict, hidden: int, s
     tuned = sorted({b.dtype for b in buckets}, key=list(TOLERANCE).index)  # fp16, bf16, fp32
     main = module.tables.get(arch, module.tables["default"])
     base = dict(main if width is None else module.width_tables.get(arch, {}).get(width, {}))
+    if width is None:
+        eager = module.eager_tables.setdefault(arch, {})
+    else:
+        eager = module.eager_width_tables.setdefault(arch, {}).setdefault(width, {})
     for dtype_name in tuned:
         measured = [b for b in buckets if b.dtype == dtype_name]
         if width is None:
             base[dtype_name] = build_table(measured, base[dtype_name])
+            eager[dtype_name] = eager_rows(measured)
         else:
             base[dtype_name] = width_table(measured, main[dtype_name])
+            eager[dtype_name] = width_table(measured, (), eager_rows)
     text = (
         f"generated by python -m bench.tune on {env['device']}"
         + (f" ({env['sms']} SMs)" if "sms" in env else "")
@@ -475,9 +532,12 @@ def summary_markdown(buckets: list[BucketResult], env: dict, arch: str,
     out = [f"# Pooler tile sweep: {env['device']} ({arch}), {env['date']}", "",
            f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; H = {hidden}; "
            "GPU time per call "
-           "(us, median of CUDA-graph replays, weight cold in L2 where `cold`).", "",
-           "| dtype | M | eager | current table | best | best config | best / eager | cold |",
-           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+           "(us, median of CUDA-graph replays, weight cold in L2 where `cold`). "
+           f"`backend=\"auto\"` runs eager where it measured {EAGER_MARGIN:.2f}x faster than "
+           "the best tile, or no tile was correct.", "",
+           "| dtype | M | eager | current table | best | best config | best / eager | "
+           "\"auto\" runs | cold |",
+           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for b in buckets:
         by_source = {x.source: x for x in b.measurements}
         eager, current = by_source.get("eager"), by_source.get("current table")
@@ -486,6 +546,7 @@ def summary_markdown(buckets: list[BucketResult], env: dict, arch: str,
                  if best and eager and eager.median_us else "-")  # fmt: skip
         out.append(f"| {b.dtype} | {b.m} | {_us(eager)} | {_us(current)} | {_us(best)} | "
                    f"{best.label if best else 'none correct'} | {ratio} | "
+                   f"{'eager' if eager_faster(b) else 'the tile'} | "
                    f"{'yes' if b.weight_l2_cold else 'no'} |")  # fmt: skip
     out += ["", "## Every candidate", "", "| dtype | M | config | source | us | rel err | status |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip

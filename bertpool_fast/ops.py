@@ -28,6 +28,7 @@ from .kernels import (
     pooler_bwd_dx,
     pooler_fwd,
 )
+from .kernels.pooler import device_arch, eager_measured_faster, square_width
 from .reference import activation_grad_reference, pooler_backward_reference, pooler_reference
 from .validation import (
     AUTOCAST_DEVICE_TYPES,
@@ -214,9 +215,11 @@ def fused_pooler(
     activation: one of ``"tanh"`` (BertPooler), ``"gelu"``, ``"gelu_tanh"``, ``"relu"``,
     ``"identity"``; applied to the fp32 accumulator.
     backend: ``"auto"`` runs the Triton kernel on CUDA fp16/bf16 tensors (float32 ones go to
-    cuBLAS and the activation, which the H100 measured 2-5x faster than the kernel's fp32 path)
-    and on CPU tensors when ``TRITON_INTERPRET=1``, the torch path otherwise; ``"triton"`` always
-    runs the kernel or raises; ``"torch"`` is the plain-PyTorch reference.
+    cuBLAS and the activation, which the H100 measured 2-5x faster than the kernel's fp32 path;
+    so do the batch sizes at which this GPU's tune measured that faster than every tile,
+    ``EAGER_TABLES`` in kernels/pooler_tables.py) and on CPU tensors when ``TRITON_INTERPRET=1``,
+    the torch path otherwise; ``"triton"`` always runs the kernel or raises; ``"torch"`` is the
+    plain-PyTorch reference.
     batch_invariant: tiles chosen so each row's output is bitwise the same whatever the batch
     size (cuBLAS does not promise this); Triton kernel only, so ``backend="torch"`` raises.
     Returns [B, H_out] in the input dtype. Under ``torch.autocast`` the inputs are first cast as
@@ -276,10 +279,25 @@ def pooler_inference(hidden_states, weight, bias, activation, backend="auto") ->
         and (b is None or b.shape[0] == weight.shape[0])
         and activation in ACTIVATIONS
     ):
+        if _eager_faster(hidden_states, weight):
+            if backend == "auto":
+                return _forward(hidden_states, weight, bias, activation, "torch")
+            return pooler_fwd(hidden_states, weight, bias, activation)  # no plan: "auto" takes them
         out = pooler_fwd(hidden_states, weight, bias, activation)
         _remember_plan(hidden_states, weight, bias, activation)
         return out
     return _fused_pooler(hidden_states, weight, bias, activation, backend, False)
+
+
+def _eager_faster(hidden_states, weight) -> bool:
+    # where this GPU's tune measured eager faster than every tile for these rows and this weight
+    # (kernels.pooler.eager_measured_faster): backend "auto" runs eager there
+    return eager_measured_faster(
+        hidden_states.shape[0],
+        hidden_states.dtype,
+        device_arch(hidden_states.device),
+        square_width(weight.shape[0], weight.shape[1]),
+    )
 
 
 def _kernel_dtypes(hidden_states, backend) -> tuple:
@@ -384,6 +402,9 @@ def _fused_pooler(hidden_states, weight, bias, activation, backend, batch_invari
         backend, hidden_states.device, hidden_states.dtype, gemm=not batch_invariant
     )
     compiling = torch.compiler.is_compiling()
+    if (chosen == "triton" and backend == "auto" and not batch_invariant and not compiling
+            and _eager_faster(hidden_states, weight)):  # fmt: skip
+        chosen = "torch"  # this GPU's tune measured eager faster at this M (traced: the kernel)
     if chosen == "triton" and not compiling and not plain_tensors(hidden_states, weight, bias):
         # A tensor subclass (a quantized weight, say) means what its own dispatch says, not what
         # its storage holds: the kernel must not read it. Under torch.compile the tracer's fake

@@ -68,6 +68,20 @@ POOLER_WIDTH_TABLES = {
     for arch, by_width in _pooler_tables.WIDTH_TABLES.items()
 }
 
+# Where the tune measured eager faster than every tile (pooler_tables' EAGER_TABLES): per
+# architecture, dtype (and width), rows of True / False.
+POOLER_EAGER_TABLES = {
+    arch: {dtype: tables[name] for dtype, name in DTYPE_NAMES.items() if name in tables}
+    for arch, tables in _pooler_tables.EAGER_TABLES.items()
+}
+POOLER_EAGER_WIDTH_TABLES = {
+    arch: {
+        hidden: {dtype: tables[name] for dtype, name in DTYPE_NAMES.items() if name in tables}
+        for hidden, tables in by_width.items()
+    }
+    for arch, by_width in _pooler_tables.EAGER_WIDTH_TABLES.items()
+}
+
 
 def width_table_configs() -> list:
     """(arch, H, dtype, config) of every tile in the widths' own tables (None rows left out)."""
@@ -152,6 +166,21 @@ def pick_config(
     if config is None:  # no table at this width, or this M was not tuned at it
         config = pick_tile(POOLER_TABLES[arch][dtype], m)
     return config if warp_specialized_tile_compiles(config) else unspecialized_tile(config)
+
+
+@functools.cache
+def eager_measured_faster(
+    m: int, dtype: torch.dtype, arch: str = "default", width: Optional[int] = None
+) -> bool:
+    """Whether ``arch``'s tune measured eager (cuBLAS linear, then the activation) faster than
+    every tile at M rows (``width`` as in ``pick_config``: that width's tune where it measured M).
+    ``backend="auto"`` runs eager there; False wherever no tune said so (the CPU, untuned GPUs)."""
+    rows = POOLER_EAGER_WIDTH_TABLES.get(arch, {}).get(width, {}).get(dtype)
+    faster = pick_tile(rows, m) if rows else None
+    if faster is None:  # no tune at this width, or this M was not tuned at it
+        rows = POOLER_EAGER_TABLES.get(arch, {}).get(dtype)
+        faster = pick_tile(rows, m) if rows else False
+    return faster
 
 
 # Triton 3.6 (the GPU machines') compiles a warp-specialized tile of 128 rows into a producer and

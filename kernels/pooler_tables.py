@@ -10,6 +10,11 @@ Architectures: "sm<major><minor>" of a compute capability ("sm90" = 9.0, exact m
 ``python -m bench.tune --hidden H``) serves square [H, H] weights of that width on that
 architecture instead; its rows cover the M it measured, and a row whose config is None hands
 those M back to ``TABLES``. ``WIDTH_PROVENANCE`` says where each came from.
+``EAGER_TABLES[arch][dtype]`` and ``EAGER_WIDTH_TABLES[arch][H][dtype]``, from the same tunes, have
+the tile tables' rows with True or False for a config: True where eager (cuBLAS linear, then the
+activation) measured faster than every tile, by the margin the tune names; ``backend="auto"`` runs
+eager at those M, ``backend="triton"`` the table's tile. A width's row of None hands those M back
+to ``EAGER_TABLES``; no row at all means False.
 """
 
 from .tiles import TileConfig as T
@@ -106,3 +111,7 @@ TABLES = {
 WIDTH_PROVENANCE = {}
 
 WIDTH_TABLES = {}
+
+EAGER_TABLES = {}
+
+EAGER_WIDTH_TABLES = {}

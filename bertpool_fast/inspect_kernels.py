@@ -18,7 +18,11 @@ Where the numbers come from:
   * TMA copies: ``cp.async.bulk.tensor`` in the PTX (a case tagged with a TMA config must have
     them: a descriptor load lowered to plain loads is a problem, like a missing tensor core);
   * CTAs per SM: from the registers (allocated per warp in units of 256), shared memory (+1 KiB
-    per CTA) and warps, against the target's limits (``SM_LIMITS``), with what limits it.
+    per CTA) and warps, against the target's limits (``SM_LIMITS``), with what limits it;
+  * programs and waves at the edges of the batch sizes a case serves (where its module tags it
+    with ``programs_at``): the grid's size, and that over what the target's reference GPU holds
+    at once (its SMs, ``kernels.inspection.REFERENCE_SMS``, times the CTAs per SM above). A wave
+    count just over a whole number leaves most SMs idle for the last wave.
 """
 
 from __future__ import annotations
@@ -90,6 +94,15 @@ class InspectResult:
         }
         least = min(bounds.values())
         return least, ", ".join(k for k, v in bounds.items() if v == least)
+
+    def waves(self) -> list[tuple[int, int, float]]:
+        """(M, programs, waves) at the edges of the batch sizes the case serves, on the target's
+        reference GPU (empty where the case has no ``programs_at`` tag for this target)."""
+        from .kernels.inspection import REFERENCE_SMS
+
+        held = REFERENCE_SMS[self.arch] * self.ctas_per_sm()[0]
+        at = self.tags.get("programs_at", {}).get(self.arch, ())
+        return [(m, programs, programs / held) for m, programs in at]
 
 
 def discover_cases() -> list:
@@ -347,6 +360,7 @@ def format_table(results: list[InspectResult]) -> str:
         "stages",
         "CTAs/SM",
         "tensor cores",
+        "M: programs (waves)",
     )
     rows = []
     for r in results:
@@ -362,6 +376,7 @@ def format_table(results: list[InspectResult]) -> str:
                     str(r.num_stages),
                     "-",
                     "COMPILE FAILED",
+                    "-",
                 )
             )
             continue
@@ -370,8 +385,10 @@ def format_table(results: list[InspectResult]) -> str:
             cores = "NONE (expected)"
         spill = f"{r.spill_stores}/{r.spill_loads}" + (" SPILLS" if r.spills else "")
         ctas, limiter = r.ctas_per_sm()
+        waves = "; ".join(f"{m}: {p} ({w:.2f})" for m, p, w in r.waves()) or "-"
         rows.append((r.name, r.arch, str(r.registers), spill, f"{r.shared_bytes / 1024:g}",
-                     str(r.num_warps), str(r.num_stages), f"{ctas} ({limiter})", cores))  # fmt: skip
+                     str(r.num_warps), str(r.num_stages), f"{ctas} ({limiter})", cores,
+                     waves))  # fmt: skip
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(head)]  # fmt: skip
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -386,6 +403,7 @@ def _json_row(r: InspectResult) -> dict:
     row = asdict(r)
     if not r.error:
         row["ctas_per_sm"], row["ctas_per_sm_limit"] = r.ctas_per_sm()
+        row["waves"] = [{"m": m, "programs": p, "waves": w} for m, p, w in r.waves()]
     return row
 
 

@@ -13,6 +13,9 @@ from typing import Any
 import torch
 
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+# SMs of the part each target's tables were written for (A100 SXM, H100 SXM; other parts of the
+# same architecture have fewer): what ``programs_at`` tags are sized against.
+REFERENCE_SMS = {"sm_80": 108, "sm_90": 132}
 
 
 @dataclass(frozen=True)
@@ -32,4 +35,7 @@ class KernelCase:
     # vectorize as they do at run time. Integer arguments the launcher sees equal to 1 (unit
     # strides) go in ``constexprs``: Triton turns them into constants the same way.
     divisible_by_16: tuple[str, ...] = ()
+    # e.g. "table", "only_arch", "config"; and "programs_at": {target: ((M, programs), ...)}, the
+    # programs a launch makes at the edges of the batch sizes the configuration serves, on a GPU
+    # of REFERENCE_SMS[target] SMs (``inspect`` turns them into waves)
     tags: dict[str, Any] = field(default_factory=dict)

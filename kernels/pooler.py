@@ -970,27 +970,35 @@ def check_pdl_device(device: torch.device) -> None:
         )
 
 
+def pooler_grid(config: TileConfig, m: int, n: int, k: int, sms: int, tma: bool) -> tuple:
+    """The launch grid of ``config`` at M, N, K on a GPU of ``sms`` SMs (read only by the tiles of
+    one program per SM); ``tma``: whether the TMA kernel runs it (``tma_describable``), else the
+    pointer kernel, which runs a TMA tile's column blocks one a program."""
+    # cdiv written out (-(-a // b)): fewer calls per launch
+    grid_n, grid_m = -(-n // config.block_n), -(-m // config.block_m)
+    if tma and config.stream_k:  # one program per SM, at most one per K chunk (the kernel needs it)
+        return (min(grid_n * grid_m * -(-k // config.block_k), sms),)
+    if config.persistent:  # one program per SM, at most one per tile
+        return (min(grid_n * grid_m, sms),)
+    if tma:  # n_parts column blocks a program
+        return (-(-n // (config.block_n * config.n_parts)), grid_m)
+    # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
+    return (grid_n, grid_m, max(1, min(config.split_k, -(-k // config.block_k))))
+
+
 def launch_args(x, weight, bias, activation, out, config: TileConfig, device: torch.device):
     """(launcher, grid, runtime arguments, constexprs) of one pooler launch with this tile."""
     shape = x.shape
     m, k, n = shape[0], shape[-1], weight.shape[0]
     dtype = x.dtype
-    # cdiv written out (-(-a // b)): three calls fewer per launch
-    grid_n, grid_m = -(-n // config.block_n), -(-m // config.block_m)
     x_strides, w_strides = x.stride(), weight.stride()
-    if config.persistent:  # one program per SM (at most one per tile), a 1-D grid
-        tiles = (min(grid_n * grid_m, persistent_programs(device)),)
-    else:
-        tiles = (grid_n, grid_m)
-    pdl = launches_pdl(config)  # the PDL constexpr
     # what a descriptor cannot describe runs this tile through the pointer kernel below
-    if config.tma and tma_describable(x, weight, x_strides, w_strides, dtype, device, k):
-        if config.stream_k:  # one program per SM, at most one per K chunk (the kernel needs it)
-            chunks = grid_n * grid_m * -(-k // config.block_k)
-            tiles = (min(chunks, persistent_programs(device)),)
-        elif config.n_parts > 1:  # n_parts column blocks a program (the pointer kernel: one)
-            tiles = (-(-n // (config.block_n * config.n_parts)), grid_m)
-        return _tma_launch_args(x, weight, bias, activation, out, config, tiles, x_strides[0],
+    tma = config.tma and tma_describable(x, weight, x_strides, w_strides, dtype, device, k)
+    sms = persistent_programs(device) if config.persistent or config.stream_k else 0
+    grid = pooler_grid(config, m, n, k, sms, tma)
+    pdl = launches_pdl(config)  # the PDL constexpr
+    if tma:
+        return _tma_launch_args(x, weight, bias, activation, out, config, grid, x_strides[0],
                                 w_strides[0], pdl, device)  # fmt: skip
     b = weight if bias is None else bias  # any valid pointer; unread without HAS_BIAS
     ints = (m, n, k, x_strides[0], x_strides[-1], w_strides[0], w_strides[1],
@@ -1005,16 +1013,15 @@ def launch_args(x, weight, bias, activation, out, config: TileConfig, device: to
         config.block_k,
     )
     if config.persistent:
-        return launch_pooler_fwd_persistent, tiles, (x, weight, b, out, *ints), (*flags, pdl)
-    # never more splits than K chunks, so no split is empty (at H = 768, BLOCK_K = 64: 12 chunks)
-    split_k = max(1, min(config.split_k, -(-k // config.block_k)))
+        return launch_pooler_fwd_persistent, grid, (x, weight, b, out, *ints), (*flags, pdl)
+    split_k = grid[2]
     if split_k > 1:
-        ws, tickets = split_k_scratch(device, split_k * m * n, grid_n * grid_m)
+        ws, tickets = split_k_scratch(device, split_k * m * n, grid[0] * grid[1])
     else:
         ws, tickets = out, out  # any valid pointers; never touched when SPLIT_K == 1
     args = (x, weight, b, out, ws, tickets, *ints)
     constexprs = (*flags, split_k, config.swap_ab, pdl)
-    return launch_pooler_fwd, (grid_n, grid_m, split_k), args, constexprs
+    return launch_pooler_fwd, grid, args, constexprs
 
 
 def tma_describable(

@@ -4,9 +4,11 @@ tile, every candidate, the PDL forms)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .inspection import TRITON_DTYPE, KernelCase
+from .inspection import REFERENCE_SMS, TRITON_DTYPE, KernelCase
 from .pooler import (
     BATCH_INVARIANT_CONFIGS,
     DTYPE_NAMES,
@@ -17,6 +19,7 @@ from .pooler import (
     pooler_fwd_persistent_kernel,
     pooler_fwd_stream_k_kernel,
     pooler_fwd_tma_kernel,
+    pooler_grid,
     unspecialized_tile,
     warp_specialized_tile_compiles,
     width_table_configs,
@@ -278,11 +281,12 @@ def inspection_cases() -> list:
             previous = 0
             for max_m, cfg in table:
                 bucket = f"M<={max_m}" if max_m is not None else f"M>{previous}"
-                previous = max_m
+                previous_m, previous = previous, max_m
                 name = f"pooler_fwd {DTYPE_NAMES[dtype]}{suffix} {bucket}"
                 if suffix == " batch-invariant":  # the name it has always had
                     name = f"pooler_fwd {DTYPE_NAMES[dtype]} {bucket}{suffix}"
-                tags = {"table": table_name, "max_m": max_m}
+                tags = {"table": table_name, "max_m": max_m,
+                        "programs_at": programs_at(cfg, previous_m + 1, max_m)}  # fmt: skip
                 if table_name not in ("default", "batch_invariant"):
                     # an architecture's table runs on that architecture alone (its TMA tiles
                     # would compile into pointer loads, and spill, for sm_80)
@@ -295,15 +299,19 @@ def inspection_cases() -> list:
     for dtype, candidates in TUNE_CANDIDATES.items():
         for lo, hi, cfg in candidates:
             name = f"pooler_fwd_candidate {DTYPE_NAMES[dtype]} {config_label(cfg)}"
-            cases.append(
-                inspection_case(name, dtype, cfg, {"table": "candidate", "m_range": (lo, hi)})
-            )
+            tags = {
+                "table": "candidate",
+                "m_range": (lo, hi),
+                "programs_at": programs_at(cfg, lo, hi),
+            }
+            cases.append(inspection_case(name, dtype, cfg, tags))
     for arch, by_dtype in ARCH_CANDIDATES.items():
         for dtype, candidates in by_dtype.items():
             for lo, hi, cfg in candidates:
                 name = f"pooler_fwd_candidate {DTYPE_NAMES[dtype]} {arch} {config_label(cfg)}"
                 only = inspection_arch(arch)
-                tags = {"table": "candidate", "m_range": (lo, hi), "only_arch": only}
+                tags = {"table": "candidate", "m_range": (lo, hi), "only_arch": only,
+                        "programs_at": programs_at(cfg, lo, hi)}  # fmt: skip
                 cases.append(inspection_case(name, dtype, cfg, tags))
                 if cfg.warp_specialize and cfg.block_m > 64:
                     # what pick_config runs instead where Triton cannot compile it
@@ -315,6 +323,24 @@ def inspection_cases() -> list:
             name = f"pooler_fwd_pdl {DTYPE_NAMES[dtype]} sm90 {config_label(cfg)}"
             cases.append(inspection_case(name, dtype, cfg, {"table": "pdl", "only_arch": "sm_90"}))
     return cases
+
+
+# The batch size an inspection case's last table row (bound None) is sized at: the tune's largest.
+LARGEST_M = 8192
+
+
+def programs_at(cfg: TileConfig, lo: int, hi, hidden: int = 768) -> dict:
+    """{target: ((lo, programs), (hi, programs))}: the grid's size at the edges of the batch sizes
+    ``cfg`` serves (``hi`` None: LARGEST_M, or ``lo`` past it), at H = ``hidden``, on each target's
+    reference GPU (inspection.REFERENCE_SMS). TMA tiles run the TMA kernel on sm_90 and the
+    pointer kernel on sm_80, as pooler_fwd launches them."""
+    edges = (lo, max(lo, LARGEST_M) if hi is None else hi)
+    out = {}
+    for target, sms in REFERENCE_SMS.items():
+        tma = cfg.tma and target == "sm_90"
+        out[target] = tuple((m, math.prod(pooler_grid(cfg, m, hidden, hidden, sms, tma)))
+                            for m in dict.fromkeys(edges))  # fmt: skip
+    return out
 
 
 def inspection_case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):

@@ -187,8 +187,45 @@ def test_cli_prints_a_table(inspected):
     row = [ln for ln in lines if ln.startswith(name + " ")]
     assert len(row) == 1 and " sm_90 " in row[0]
     expected = inspected[(name, "sm_90")]
-    assert f" {expected['registers']} " in row[0] and row[0].rstrip().endswith("mma")
+    assert f" {expected['registers']} " in row[0] and " mma " in row[0]
     assert "CTAs/SM" in lines[1] and re.search(r" \d+ \((regs|smem|warps|ctas)", row[0])
+    # the first row serves M = 1 up to its bound: the grid and waves at both ends (one if equal)
+    assert "M: programs (waves)" in lines[1]
+    assert re.search(r"  1: \d+ \(\d+\.\d\d\)(; \d+: \d+ \(\d+\.\d\d\))?$", row[0]), row[0]
+
+
+def test_waves_are_programs_over_what_the_reference_gpu_holds():
+    from bertpool_fast.kernels.inspection import REFERENCE_SMS
+
+    at = {"sm_90": ((2049, 198), (4096, 384)), "sm_80": ((2049, 198),)}
+    r = InspectResult("x", "sm_90", "fp16", 4, 3, True, tags={"programs_at": at}, registers=104,
+                      shared_bytes=72 * 1024)  # fmt: skip
+    assert r.ctas_per_sm() == (3, "smem")  # 3 x 73 KiB of 228
+    held = 3 * REFERENCE_SMS["sm_90"]
+    assert r.waves() == [(2049, 198, 198 / held), (4096, 384, 384 / held)]
+    assert InspectResult("y", "sm_90", "fp16", 4, 3, True, registers=104,
+                         shared_bytes=72 * 1024).waves() == []  # fmt: skip
+
+
+def test_programs_at_follow_each_kernel_s_grid():
+    # at H = 768 (N = K = 768; 12 K chunks of 64) on 132 (sm_90) and 108 (sm_80) SMs; a TMA tile
+    # runs the pointer kernel on sm_80, one 64-wide column block a program
+    from bertpool_fast.kernels.pooler_candidates import LARGEST_M, programs_at
+    from bertpool_fast.kernels.tiles import TileConfig
+
+    parts = TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3)
+    assert programs_at(parts, 2048, 4096) == {
+        "sm_80": ((2048, 16 * 12), (4096, 32 * 12)),
+        "sm_90": ((2048, 16 * 4), (4096, 32 * 4)),
+    }
+    assert programs_at(parts, 9000, None)["sm_90"] == ((9000, 71 * 4),)  # past the largest M
+    stream_k = TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True)
+    assert programs_at(stream_k, 1, None)["sm_90"] == ((1, 6 * 12), (LARGEST_M, 132))
+    persistent = TileConfig(128, 128, 64, 8, 4, persistent=True)
+    assert programs_at(persistent, 1024, 8192)["sm_80"] == ((1024, 48), (8192, 108))
+    split = TileConfig(16, 32, 64, 4, 3, split_k=4)
+    assert programs_at(split, 1, 1) == {"sm_80": ((1, 24 * 4),), "sm_90": ((1, 24 * 4),)}
+    assert programs_at(split._replace(split_k=20), 1, 1)["sm_90"] == ((1, 24 * 12),)  # <= chunks
 
 
 def test_ctas_per_sm_follow_registers_shared_memory_and_warps():

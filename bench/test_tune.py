@@ -310,13 +310,18 @@ def test_eager_rows_mark_the_m_where_eager_measured_faster_by_the_margin():
                                                                         (None, True))  # fmt: skip
 
 
-def test_a_main_sweep_writes_its_eager_rows_beside_its_tiles():
+def test_a_main_sweep_writes_its_eager_rows_beside_its_tiles(monkeypatch):
     a, b = TileConfig(128, 128, 64, 8, 4, tma=True), TileConfig(64, 128, 64, 4, 3, tma=True)
     slow_eager = _bucket(8192, b, a)
     slow_eager.measurements[0].median_us = 5.0
     module = tune.new_tables([_bucket(4096, a, b), slow_eager], "sm90", _ENV, 768, 128)
     assert module.eager_tables["sm90"]["fp16"] == ((4096, True), (None, False))
     assert module.eager_width_tables == tune.TableModule.current().eager_width_tables
+    # once written, a later sweep where the tiles win everywhere removes them: no rows means
+    # False, and costs the runtime least
+    monkeypatch.setattr(pooler_tables, "EAGER_TABLES", module.eager_tables)
+    tiles_win = tune.new_tables([slow_eager], "sm90", _ENV, 768, 128)
+    assert "sm90" not in tiles_win.eager_tables
 
 
 def test_a_width_table_round_trips_through_the_table_module(tmp_path):

@@ -28,6 +28,7 @@ from .kernels import (
     pooler_bwd_dx,
     pooler_fwd,
 )
+from .kernels import pooler as _pooler
 from .kernels.pooler import device_arch, eager_measured_faster, square_width
 from .reference import activation_grad_reference, pooler_backward_reference, pooler_reference
 from .validation import (
@@ -291,7 +292,10 @@ def pooler_inference(hidden_states, weight, bias, activation, backend="auto") ->
 
 def _eager_faster(hidden_states, weight) -> bool:
     # where this GPU's tune measured eager faster than every tile for these rows and this weight
-    # (kernels.pooler.eager_measured_faster): backend "auto" runs eager there
+    # (kernels.pooler.eager_measured_faster): backend "auto" runs eager there. Two attribute
+    # reads first: with no such rows anywhere (no tune wrote one) the call costs nothing more.
+    if not _pooler.POOLER_EAGER_TABLES and not _pooler.POOLER_EAGER_WIDTH_TABLES:
+        return False
     return eager_measured_faster(
         hidden_states.shape[0],
         hidden_states.dtype,

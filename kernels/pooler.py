@@ -174,13 +174,15 @@ def eager_measured_faster(
 ) -> bool:
     """Whether ``arch``'s tune measured eager (cuBLAS linear, then the activation) faster than
     every tile at M rows (``width`` as in ``pick_config``: that width's tune where it measured M).
-    ``backend="auto"`` runs eager there; False wherever no tune said so (the CPU, untuned GPUs)."""
-    rows = POOLER_EAGER_WIDTH_TABLES.get(arch, {}).get(width, {}).get(dtype)
-    faster = pick_tile(rows, m) if rows else None
-    if faster is None:  # no tune at this width, or this M was not tuned at it
+    ``backend="auto"`` runs eager there; False wherever no tune said so (the CPU, untuned GPUs).
+    A tune writes eager rows only where eager won somewhere, so M that a width's tile table
+    covers read that width's eager rows or none, never the main table's."""
+    by_width = POOLER_WIDTH_TABLES.get(arch, {}).get(width, {})
+    if dtype in by_width and pick_tile(by_width[dtype], m) is not None:
+        rows = POOLER_EAGER_WIDTH_TABLES.get(arch, {}).get(width, {}).get(dtype)
+    else:  # no tune at this width, or this M was not tuned at it
         rows = POOLER_EAGER_TABLES.get(arch, {}).get(dtype)
-        faster = pick_tile(rows, m) if rows else False
-    return faster
+    return bool(rows) and bool(pick_tile(rows, m))
 
 
 # Triton 3.6 (the GPU machines') compiles a warp-specialized tile of 128 rows into a producer and

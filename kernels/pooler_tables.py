@@ -13,8 +13,8 @@ those M back to ``TABLES``. ``WIDTH_PROVENANCE`` says where each came from.
 ``EAGER_TABLES[arch][dtype]`` and ``EAGER_WIDTH_TABLES[arch][H][dtype]``, from the same tunes, have
 the tile tables' rows with True or False for a config: True where eager (cuBLAS linear, then the
 activation) measured faster than every tile, by the margin the tune names; ``backend="auto"`` runs
-eager at those M, ``backend="triton"`` the table's tile. A width's row of None hands those M back
-to ``EAGER_TABLES``; no row at all means False.
+eager at those M, ``backend="triton"`` the table's tile. A dtype gets rows only where eager won at
+some M; no rows mean False. M that a width's tile table covers read that width's eager rows only.
 """
 
 from .tiles import TileConfig as T

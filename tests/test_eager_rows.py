@@ -12,6 +12,7 @@ import torch
 import bertpool_fast
 from bertpool_fast import ops
 from bertpool_fast.kernels import pooler
+from bertpool_fast.kernels.tiles import TileConfig
 from bertpool_fast.reference import pooler_reference
 from conftest import KERNEL_DEVICE, assert_close_rel, randn
 
@@ -105,15 +106,29 @@ def test_autograd_takes_eager_there_too(eager_rows):
     assert torch.equal(hidden.grad, ref_hidden.grad)
 
 
-def test_a_widths_rows_come_first_and_hand_back_with_none(eager_rows):
+def test_a_widths_tune_decides_the_m_it_measured(eager_rows, monkeypatch):
     set_rows, launches = eager_rows
-    # H = 96's own tune measured from M = 9: the tile won there; below, the main rows say eager
-    set_rows(main=((None, True),), width=((8, None), (None, False)))
-    for m, n, eager in ((4, H, True), (12, H, False), (12, 40, True)):  # [40, 96]: not square
-        hidden, weight, bias = _inputs(m, n)
-        launches.clear()
-        bertpool_fast.fused_pooler(hidden, weight, bias)
-        assert launches == ([] if eager else [m]), f"M = {m}, N = {n}"
+    # H = 96's own tune measured from M = 9 (its tile table hands M <= 8 back with a None row):
+    # eager won at M = 9-16 there, not above, where the main rows would say eager
+    tile = TileConfig(16, 32, 64, 4, 2)
+    monkeypatch.setattr(pooler, "POOLER_WIDTH_TABLES",
+                        {ARCH: {H: {torch.float16: ((8, None), (None, tile))}}})  # fmt: skip
+    pooler.pick_config.cache_clear()
+    try:
+        set_rows(main=((None, True),), width=((8, None), (16, True), (None, False)))
+        # [40, 96] is not square: the main rows
+        for m, n, eager in ((4, H, True), (12, H, True), (40, H, False), (40, 40, True)):
+            hidden, weight, bias = _inputs(m, n)
+            launches.clear()
+            bertpool_fast.fused_pooler(hidden, weight, bias)
+            assert launches == ([] if eager else [m]), f"M = {m}, N = {n}"
+        # a width tune that wrote no eager rows (the tile won everywhere) is not overruled by
+        # the main rows at the M it measured
+        set_rows(main=((None, True),))
+        assert not pooler.eager_measured_faster(40, torch.float16, ARCH, H)
+        assert pooler.eager_measured_faster(4, torch.float16, ARCH, H)
+    finally:
+        pooler.pick_config.cache_clear()
 
 
 def test_other_dtypes_and_untuned_tables_run_the_kernel(eager_rows):

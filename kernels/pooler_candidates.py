@@ -231,6 +231,12 @@ _SM90_HALF_CANDIDATES = (
     (2048, 8192, TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3)),
     (2048, 4096, TileConfig(64, 64, 64, 4, 3, tma=True, n_parts=3)),
     (2048, 4096, TileConfig(64, 64, 64, 4, 4, tma=True, n_parts=3)),
+    # and three 32-wide blocks (96 columns), whose CTAs are small enough for two an SM (74
+    # registers; 80 and 112 KiB at s4), so that one CTA's epilogue runs under the other's loop:
+    # 128x(3x32) makes 256 tiles at M = 4096 (one wave of two an SM; the 64x128 s3 winner's 384
+    # make one of three) and 64x(3x32) 256 at 2048 (one wave of two an SM)
+    (2048, 8192, TileConfig(128, 32, 64, 8, 4, tma=True, n_parts=3)),
+    (1024, 4096, TileConfig(64, 32, 64, 4, 4, tma=True, n_parts=3)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},

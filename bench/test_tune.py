@@ -3,6 +3,7 @@ writes, and how winners become buckets. The timings themselves need a GPU (bench
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -155,6 +156,16 @@ def _warm_or_hang(job: tuple) -> Optional[str]:
     return "fails: as told" if job[0] == "fails" else None
 
 
+def test_compile_workers_follow_the_usable_cpus(monkeypatch):
+    # one per CPU this process may run on, at most MAX_COMPILE_JOBS; none for a dry run
+    real, dry = argparse.Namespace(dry_run=False), argparse.Namespace(dry_run=True)
+    assert tune.default_compile_jobs(dry) == 0
+    for cpus, jobs in ((1, 1), (6, 6), (16, 16), (64, tune.MAX_COMPILE_JOBS)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)),
+                            raising=False)  # fmt: skip
+        assert tune.default_compile_jobs(real) == jobs
+
+
 def test_a_warm_up_launch_that_never_returns_is_left_out():
     # the sweep runs in one process and cannot recover from a launch that never returns, so
     # precompile gives such a config up at its deadline (killing its worker) and the sweep leaves
@@ -258,12 +269,19 @@ def test_only_a_sweep_on_a_gpu_writes_the_runtimes_module(tmp_path):
 _ENV = {"device": "GPU", "date": "today", "torch": "t", "triton": "tr", "cuda": "c", "driver": "d"}
 
 
+def _no_width_tables(monkeypatch):
+    # a sweep's tables start from the shipped module's: these tests start from none at any width
+    for name in ("WIDTH_TABLES", "WIDTH_PROVENANCE", "EAGER_WIDTH_TABLES"):
+        monkeypatch.setattr(pooler_tables, name, {})
+
+
 def test_a_width_sweep_makes_that_widths_table_and_keeps_the_main_one(monkeypatch):
     # The main table's M buckets stand for H = 768; a sweep at H = 1024 from M = 2048 up becomes
     # 1024's own table: its rows from 1025 (the grid's M before 2048) up, a None row handing the
     # smaller M back to the main table, which stays as it was.
     a, b = TileConfig(128, 128, 64, 8, 4, tma=True), TileConfig(64, 128, 64, 4, 3, tma=True)
     buckets = [_bucket(2048, a, b), _bucket(4096, b, a), _bucket(8192, b, a)]
+    _no_width_tables(monkeypatch)
     before = tune.TableModule.current()
     module = tune.new_tables(buckets, "sm90", _ENV, 1024, 128, width=1024)
     assert module.tables == before.tables and module.provenance == before.provenance
@@ -278,6 +296,10 @@ def test_a_width_sweep_makes_that_widths_table_and_keeps_the_main_one(monkeypatc
         "fp16": ((1024, None), (2048, a), (None, b)),
         "bf16": ((1024, None), (None, b)),
     }
+    assert later.width_provenance["sm90"][1024].endswith(
+        "other dtypes kept from the previous table"
+    )
+    assert not text.endswith("previous table")
     # a sweep from M = 1 has no None row; one starting off the grid hands back the M below it
     assert tune.width_table([_bucket(1, a, b)], ((None, b),)) == ((None, a),)
     assert tune.width_table([_bucket(3000, a, b)], ((None, b),)) == ((2048, None), (None, a))
@@ -324,8 +346,9 @@ def test_a_main_sweep_writes_its_eager_rows_beside_its_tiles(monkeypatch):
     assert "sm90" not in tiles_win.eager_tables
 
 
-def test_a_width_table_round_trips_through_the_table_module(tmp_path):
+def test_a_width_table_round_trips_through_the_table_module(tmp_path, monkeypatch):
     a = TileConfig(128, 128, 64, 8, 3, tma=True, pdl=True)
+    _no_width_tables(monkeypatch)
     module = tune.new_tables([_bucket(4096, a, a)], "sm90", _ENV, 1024, 128, width=1024)
     path = tmp_path / "pooler_tables.py"
     path.write_text(tune.render_module(module, tune.TABLE_HEADER))
@@ -341,6 +364,22 @@ def test_a_width_table_round_trips_through_the_table_module(tmp_path):
                              loaded.WIDTH_PROVENANCE, loaded.EAGER_TABLES,
                              loaded.EAGER_WIDTH_TABLES)  # fmt: skip
     assert tune.render_module(again, tune.TABLE_HEADER) == path.read_text()
+
+
+def test_a_provenance_text_reads_back_as_written(tmp_path):
+    # wrapped into one literal per line, broken at spaces only: a hyphenated path, a long word
+    # and a hyphenated name must not gain a space where a line ends
+    text = ("measured on NVIDIA-H100-80GB-HBM3 " * 3 + "x" * 120 + " see "
+            + "bench/results/NVIDIA-H100-80GB-HBM3-2026-11-27-others, CUDA-graph replays")  # fmt: skip
+    module = tune.TableModule.current()
+    module.provenance["sm90"] = text
+    module.width_provenance = {"sm90": {1024: text}}
+    module.width_tables = {"sm90": {1024: {"fp16": ((None, TileConfig(64, 64, 64, 4, 3)),)}}}
+    path = tmp_path / "pooler_tables.py"
+    path.write_text(tune.render_module(module, tune.TABLE_HEADER))
+    loaded = _load(str(path))
+    assert loaded.PROVENANCE["sm90"] == text
+    assert loaded.WIDTH_PROVENANCE == {"sm90": {1024: text}}
 
 
 def test_dry_run_at_another_width_writes_that_widths_table(tmp_path):

@@ -11,8 +11,8 @@ import torch
 
 import bertpool_fast
 from bertpool_fast import ops
-from bertpool_fast.kernels import pooler
-from bertpool_fast.kernels.tiles import TileConfig
+from bertpool_fast.kernels import pooler, pooler_tables
+from bertpool_fast.kernels.tiles import TileConfig, pick_tile
 from bertpool_fast.reference import pooler_reference
 from conftest import KERNEL_DEVICE, assert_close_rel, randn
 
@@ -142,3 +142,73 @@ def test_other_dtypes_and_untuned_tables_run_the_kernel(eager_rows):
     hidden, weight, bias = _inputs(12)
     bertpool_fast.fused_pooler(hidden, weight, bias)
     assert launches == [12, 12]
+
+
+def eager_rows_faults(eager_tables: dict, eager_width_tables: dict, width_tables: dict) -> list:
+    """What is wrong with a module's EAGER_TABLES / EAGER_WIDTH_TABLES (empty when nothing): rows
+    as the tile tables' (bounds increasing, the last None) of True / False, None only where a
+    width hands M back to the main table, and a width's rows only where its tile table covers
+    the M they mark (elsewhere nothing reads them)."""
+    faults = []
+    sources = [(arch, None, d, rows) for arch, t in eager_tables.items() for d, rows in t.items()]
+    sources += [(arch, h, d, rows) for arch, by_width in eager_width_tables.items()
+                for h, t in by_width.items() for d, rows in t.items()]  # fmt: skip
+    for arch, h, dtype_name, rows in sources:
+        where = f"{arch} H={h} {dtype_name}"
+        if arch not in pooler_tables.TABLES or arch == "default":
+            faults.append(f"{where}: eager rows need a GPU architecture with a main table")
+        if dtype_name not in pooler.DTYPE_NAMES.values():
+            faults.append(f"{where}: unknown dtype")
+        bounds = [m for m, _ in rows]
+        if not rows or bounds[-1] is not None or bounds[:-1] != sorted(set(bounds[:-1])):
+            faults.append(f"{where}: bounds must increase to a last None")
+        allowed = (True, False) if h is None else (True, False, None)
+        if any(value not in allowed or not isinstance(value, (bool, type(None)))
+               for _, value in rows):  # fmt: skip
+            faults.append(f"{where}: values must be {allowed}")
+        if h is not None:
+            tiles = width_tables.get(arch, {}).get(h, {}).get(dtype_name)
+            marked = [m for m, value in rows if value]
+            largest = 1 << 30  # a None bound: any M above the others
+            if tiles is None or any(pick_tile(tiles, m or largest) is None
+                                    for m in marked):  # fmt: skip
+                faults.append(f"{where}: True where the width's tile table does not cover M")
+    return faults
+
+
+def test_shipped_eager_rows_are_well_formed():
+    assert eager_rows_faults(pooler_tables.EAGER_TABLES, pooler_tables.EAGER_WIDTH_TABLES,
+                             pooler_tables.WIDTH_TABLES) == []  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "main,width,fault",
+    [
+        ({"sm90": {"fp16": ((None, 1),)}}, {}, "values"),
+        ({"sm90": {"fp16": ((4096, True),)}}, {}, "bounds"),
+        ({"sm90": {"fp16": ((None, None),)}}, {}, "values"),
+        ({"sm77": {"fp16": ((None, True),)}}, {}, "GPU architecture"),
+        ({}, {"sm90": {512: {"fp16": ((None, True),)}}}, "does not cover"),
+        ({}, {"sm90": {1024: {"fp16": ((1024, True), (None, False))}}}, "does not cover"),
+    ],
+    ids=["not-bool", "not-open", "main-none", "arch", "no-tiles", "handed-back"],
+)
+def test_malformed_eager_rows_are_caught(main, width, fault):
+    tiles = {"sm90": {1024: {"fp16": ((2048, None), (None, TileConfig(64, 64, 64, 4, 3)))}}}
+    assert any(fault in f for f in eager_rows_faults(main, width, tiles))
+
+
+def test_the_shipped_h1024_rows_run_eager_where_the_h100_measured_it_faster():
+    # kernels/pooler_tables.py: at H = 1024 on sm_90, M = 2049-4096 (measured at 4096: eager
+    # 20.81 / 19.81 us against the tile's 22.56 / 22.98, fp16 / bf16); the tile everywhere else
+    for dtype in (torch.float16, torch.bfloat16):
+        for m, eager in ((2048, False), (2049, True), (4096, True), (4097, False), (8192, False)):
+            assert pooler.eager_measured_faster(m, dtype, "sm90", 1024) is eager, (dtype, m)
+        # H = 768 (the main table's width), other architectures, fp32: no rows
+        assert not pooler.eager_measured_faster(4096, dtype, "sm90", 768)
+        assert not pooler.eager_measured_faster(4096, dtype, "default", 1024)
+    assert not pooler.eager_measured_faster(4096, torch.float32, "sm90", 1024)
+    # the tiles there are the main table's: backend="triton" runs what it ran before
+    for m in (2048, 4096, 8192):
+        main = pooler.pick_config(m, torch.float16, False, "sm90", None)
+        assert pooler.pick_config(m, torch.float16, False, "sm90", 1024) == main

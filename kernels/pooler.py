@@ -204,6 +204,16 @@ def unspecialized_tile(config: TileConfig) -> TileConfig:
     return config._replace(warp_specialize=False, num_warps=8)
 
 
+# The register-A form (TileConfig.x_in_registers) as Triton 3.6 (the GPU machines') builds it:
+# 138 registers for the 64-wide part tiles, no spills (145 and 139 without it). Triton 3.9's
+# LLVM schedules the same kernel into 255 registers and spills 4-32 B; 3.7 and 3.8 are untested
+# and taken as 3.9. There, and under the interpreter (no PTX), the tile reads its X chunk from
+# shared memory as it would without the option: same values, the form the tune did not time.
+def x_in_registers_launched(config: TileConfig) -> bool:
+    """Whether a launch of ``config`` passes X_IN_REGISTERS (what ``inspect`` compiles too)."""
+    return config.x_in_registers and not _INTERPRETED and triton_version() < (3, 7)
+
+
 def square_width(n: int, k: int) -> Optional[int]:
     """``pick_config``'s ``width`` for an [N, K] weight: H when N = K = H, else None."""
     return n if n == k else None
@@ -542,15 +552,28 @@ def dot_k_tma(
 
 
 @triton.jit
+def registers_copy(b):
+    # The same 16-bit block through an identity PTX move, two elements a register. A tl.dot
+    # whose A operand was copied by the TMA engine reads it from shared memory (wgmma's SS form);
+    # one computed in registers, as this move's result is, makes Triton read the block into
+    # registers (ldmatrix, once) and issue wgmma's register-A form, which every part's dot then
+    # shares (sm_90 SASS: HGMMA.64x64x16.F32 R.., R.., gdesc[..]). CUDA only: the interpreter
+    # runs no PTX, and the values are unchanged anyway.
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [b], dtype=b.dtype,
+                                     is_pure=True, pack=2)  # fmt: skip
+
+
+@triton.jit
 def dot_k_tma_parts(
     x_desc, w_desc, off_m, off_n, acc0, acc1, acc2, k_lo, k_hi, INTERPRETED_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, N_PARTS: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, X_IN_REGISTERS: tl.constexpr = False,
 ):  # fmt: skip
     """dot_k_tma for N_PARTS (1 to 3) adjacent BLOCK_N-wide column blocks from off_n, each with
     its own accumulator (acc0, acc1, acc2; those past N_PARTS come back as they went in), all
     from one X chunk per K step: a tile BLOCK_N * N_PARTS wide that is not a power of two
-    (TileConfig.n_parts says why)."""
+    (TileConfig.n_parts says why). X_IN_REGISTERS: the chunk is read into registers once for
+    all parts (TileConfig.x_in_registers)."""
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, warp_specialize=WARP_SPECIALIZE):
         b_x = x_desc.load([off_m, k0])
         b_w0 = w_desc.load([off_n, k0])
@@ -565,6 +588,8 @@ def dot_k_tma_parts(
                 b_w1 = b_w1.to(tl.float32)
             if N_PARTS > 2:
                 b_w2 = b_w2.to(tl.float32)
+        if X_IN_REGISTERS:  # never under the interpreter (x_in_registers_launched)
+            b_x = registers_copy(b_x)
         # fp16/bf16 operands only; "ieee" matters only for the interpreter's fp32 copies above
         acc0 = tl.dot(b_x, b_w0.T, acc0, input_precision="ieee")
         if N_PARTS > 1:
@@ -580,6 +605,7 @@ def tma_output_tile(
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, INTERPRETED_BF16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr, BIAS_FIRST: tl.constexpr, N_PARTS: tl.constexpr = 1,
+    X_IN_REGISTERS: tl.constexpr = False,
 ):  # fmt: skip
     """Output tile (i_m, i_n) of the TMA kernel, BLOCK_N * N_PARTS wide: the plain kernel's K sum
     (from the bias unless not BIAS_FIRST) and epilogue, on each BLOCK_N-wide part."""
@@ -596,7 +622,7 @@ def tma_output_tile(
                                           HAS_BIAS and BIAS_FIRST, BLOCK_M, BLOCK_N)  # fmt: skip
     acc0, acc1, acc2 = dot_k_tma_parts(x_desc, w_desc, i_m * BLOCK_M, i_n * (BLOCK_N * N_PARTS),
                                        acc0, acc1, acc2, 0, K, INTERPRETED_BF16, BLOCK_N, BLOCK_K,
-                                       N_PARTS, WARP_SPECIALIZE)  # fmt: skip
+                                       N_PARTS, WARP_SPECIALIZE, X_IN_REGISTERS)  # fmt: skip
     o_m = i_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_m = o_m < M
     tma_part_store(acc0, b_ptr, out_ptr, o_m, m_m, o_n0, m_n0, stride_b, stride_om, HAS_BIAS,
@@ -650,11 +676,13 @@ def pooler_fwd_tma_kernel(
     WARP_SPECIALIZE: tl.constexpr,
     PERSISTENT: tl.constexpr,
     N_PARTS: tl.constexpr = 1,
+    X_IN_REGISTERS: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
     """pooler_fwd_kernel's plain tile (no split, no swap) with TMA loads; the same epilogue, the
     same tile order (N tiles fastest) and the same K chunks in the same order. N_PARTS: each
-    program's tile is N_PARTS adjacent BLOCK_N-wide column blocks (not with PERSISTENT).
+    program's tile is N_PARTS adjacent BLOCK_N-wide column blocks (not with PERSISTENT), whose
+    dots read each X chunk from registers with X_IN_REGISTERS (TileConfig.x_in_registers).
     PERSISTENT: a 1-D grid of about one program per SM walks the tiles i, i + programs, ... as
     pooler_fwd_persistent_kernel does; its loop is flattened with the K loop, so the pipeliner may
     issue the next tile's first copies before this tile's epilogue; it adds the bias after the K
@@ -681,7 +709,8 @@ def pooler_fwd_tma_kernel(
     else:
         tma_output_tile(x_desc, w_desc, b_ptr, out_ptr, tl.program_id(1), tl.program_id(0), M, N,
                         K, stride_b, stride_om, HAS_BIAS, ACTIVATION, INTERPRETED_BF16, BLOCK_M,
-                        BLOCK_N, BLOCK_K, WARP_SPECIALIZE, True, N_PARTS)  # fmt: skip
+                        BLOCK_N, BLOCK_K, WARP_SPECIALIZE, True, N_PARTS,
+                        X_IN_REGISTERS)  # fmt: skip
 
 
 launch_pooler_fwd_tma = CachedLaunch(pooler_fwd_tma_kernel)
@@ -854,6 +883,8 @@ def check_config(config: TileConfig) -> None:
             f"config.n_parts needs config.tma, and takes none of persistent, warp_specialize or "
             f"stream_k: {config}"
         )
+    if config.x_in_registers and config.n_parts < 2:
+        raise ValueError(f"config.x_in_registers needs config.n_parts of 2 or 3: {config}")
     if not _INTERPRETED and not warp_specialized_tile_compiles(config):
         raise ValueError(
             f"config.warp_specialize: Triton {'.'.join(map(str, triton_version()))} cannot compile "
@@ -1114,5 +1145,6 @@ def _tma_launch_args(x, weight, bias, activation, out, config, grid, stride_xm, 
     args = (x_desc, w_desc, weight if bias is None else bias, out, m, n, k,
             bias.stride(0) if bias is not None else 0, out.stride(0))  # fmt: skip
     flags = (bias is not None, activation, _INTERPRETED and x.dtype is torch.bfloat16, bm, bn, bk,
-             config.warp_specialize, config.persistent, config.n_parts, pdl)  # fmt: skip
+             config.warp_specialize, config.persistent, config.n_parts,
+             x_in_registers_launched(config), pdl)  # fmt: skip
     return launch_pooler_fwd_tma, grid, args, flags

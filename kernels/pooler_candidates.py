@@ -23,6 +23,7 @@ from .pooler import (
     unspecialized_tile,
     warp_specialized_tile_compiles,
     width_table_configs,
+    x_in_registers_launched,
 )
 from .tiles import TileConfig, config_label
 
@@ -237,6 +238,16 @@ _SM90_HALF_CANDIDATES = (
     # make one of three) and 64x(3x32) 256 at 2048 (one wave of two an SM)
     (2048, 8192, TileConfig(128, 32, 64, 8, 4, tma=True, n_parts=3)),
     (1024, 4096, TileConfig(64, 32, 64, 4, 4, tma=True, n_parts=3)),
+    # and each of those with its X chunk in registers (TileConfig.x_in_registers), unmeasured:
+    # a part's wgmma reading both operands from shared memory needs 2 KiB + N x 32 B per k16,
+    # at the SM's 128 B a clock against 2048 MACs a clock, 32 clocks of each for a 64-wide part
+    # and 24 for 16 for a 32-wide one; with X read once for all parts, 21 and 13. Triton 3.6:
+    # 138 registers for the 64-wide parts, 90 and 96 for the 32-wide, 8-16 KiB less shared
+    # memory; as many CTAs per SM, and three for 64x(3x32) against two
+    (2048, 8192, TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3, x_in_registers=True)),
+    (2048, 4096, TileConfig(64, 64, 64, 4, 3, tma=True, n_parts=3, x_in_registers=True)),
+    (2048, 8192, TileConfig(128, 32, 64, 8, 4, tma=True, n_parts=3, x_in_registers=True)),
+    (1024, 4096, TileConfig(64, 32, 64, 4, 4, tma=True, n_parts=3, x_in_registers=True)),
 )
 ARCH_CANDIDATES = {
     "sm90": {torch.float16: _SM90_HALF_CANDIDATES, torch.bfloat16: _SM90_HALF_CANDIDATES},
@@ -373,7 +384,8 @@ def inspection_case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
             constexprs.update(BIAS_EARLY=STREAM_K_BIAS_EARLY)  # as this Triton's launch passes it
         else:
             constexprs.update(WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent,
-                              N_PARTS=cfg.n_parts)  # fmt: skip
+                              N_PARTS=cfg.n_parts,
+                              X_IN_REGISTERS=x_in_registers_launched(cfg))  # fmt: skip
         divisible = ("b_ptr", "out_ptr", *scratch, "N", "K", "stride_om")
     else:
         # the persistent kernel has no split-K scratch and no SPLIT_K / SWAP_AB

@@ -37,17 +37,21 @@ class TileConfig(NamedTuple):
     # rows by 192 columns, a width Triton's power-of-two blocks cannot take whole; at H = 768 on
     # a 132-SM H100, 128 such tiles at M = 4096 and 128 of 64x(3x64) at 2048 (kernels/pooler.py)
     n_parts: int = 1
+    # Tiles of several parts only: each K step's X chunk goes from shared memory into registers
+    # once, and every part's wgmma reads it there (its register-A form), instead of each part's
+    # wgmma reading it from shared memory again (kernels/pooler.py, dot_k_tma_parts)
+    x_in_registers: bool = False
 
 
 def config_label(cfg: TileConfig) -> str:
-    """A config in a few characters: 64x32x64 w4 s3 k4 swap, 128x(3x64)x64 w8 s4 tma."""
+    """A config in a few characters: 64x32x64 w4 s3 k4 swap, 128x(3x64)x64 w8 s4 tma xreg."""
     width = f"({cfg.n_parts}x{cfg.block_n})" if cfg.n_parts > 1 else f"{cfg.block_n}"
     label = f"{cfg.block_m}x{width}x{cfg.block_k} w{cfg.num_warps} s{cfg.num_stages}"
     if cfg.split_k > 1:
         label += f" k{cfg.split_k}"
     label += (" swap" if cfg.swap_ab else "") + (" persistent" if cfg.persistent else "")
     label += (" tma" if cfg.tma else "") + (" ws" if cfg.warp_specialize else "")
-    label += " stream-k" if cfg.stream_k else ""
+    label += (" stream-k" if cfg.stream_k else "") + (" xreg" if cfg.x_in_registers else "")
     return label + (" pdl" if cfg.pdl else "")
 
 

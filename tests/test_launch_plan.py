@@ -51,7 +51,8 @@ def _stand_in_tma(x_desc, w_desc, b_ptr, out_ptr, M, N, K, stride_b, stride_om,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                   INTERPRETED_BF16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   BLOCK_K: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-                  PERSISTENT: tl.constexpr, N_PARTS: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+                  PERSISTENT: tl.constexpr, N_PARTS: tl.constexpr, X_IN_REGISTERS: tl.constexpr,
+                  PDL: tl.constexpr):  # fmt: skip
     pass
 
 
@@ -80,18 +81,18 @@ def _compute(args: tuple) -> None:
     constexprs); the persistent kernel's arguments are the plain kernel's without the split-K
     scratch, the TMA kernel's hold descriptors in place of the X and W pointers and strides, and
     the stream-K kernel's have its scratch after the output."""
-    if len(args) == 19 and isinstance(args[4], torch.Tensor):
+    if len(args) == 19:
         # stream-K: 11 runtime arguments (scratch after the output), 8 constexprs
         ws, tickets, (m, n), (bm, bn) = args[4], args[5], args[6:8], args[14:16]
         # two fp32 partial tiles for one program at least, an int32 ticket per tile, left at 0
         assert ws.dtype == torch.float32 and ws.numel() >= 2 * bm * bn
         assert tickets.dtype == torch.int32 and tickets.numel() >= -(-m // bm) * -(-n // bn)
         assert not tickets.any()
-        args = (*args[:4], *args[6:-2], False, False, 1, args[-1])  # as the TMA kernel's
+        args = (*args[:4], *args[6:-2], False, False, 1, False, args[-1])  # as the TMA kernel's
+    if len(args) == 20:  # the TMA signature: 9 runtime arguments, 11 constexprs
+        args = _from_descriptors(args)
     if len(args) == 21:  # the persistent signature: 13 runtime arguments, 8 constexprs
         args = (*args[:4], None, None, *args[4:])
-    if len(args) == 19:  # the TMA signature: 9 runtime arguments, 10 constexprs
-        args = _from_descriptors(args)
     x, w, b, out, ws, tickets, m, n, k, sxm, sxk, swn, swk, sb, som = args[:15]
     has_bias, activation = args[15], args[16]
     if len(args) == 25 and args[22] > 1:  # SPLIT_K: fp32 partials for every split, int32 tickets
@@ -267,8 +268,12 @@ def _mutations(hidden, weight, bias):
         TileConfig(64, 64, 64, 4, 3, tma=True, persistent=True),
         TileConfig(64, 64, 64, 4, 3, tma=True, stream_k=True),
         TileConfig(64, 32, 64, 4, 3, tma=True, n_parts=3),
+        TileConfig(64, 32, 64, 4, 3, tma=True, n_parts=3, x_in_registers=True),
     ],
-    ids="split-k swap-ab persistent tma tma-ws tma-persistent tma-stream-k tma-3-parts".split(),
+    ids=(
+        "split-k swap-ab persistent tma tma-ws tma-persistent tma-stream-k tma-3-parts "
+        "tma-3-parts-xreg"
+    ).split(),  # fmt: skip
 )
 def test_every_launch_shape_runs_planned(stand_in, monkeypatch, config):
     # the table's tile decides the launch's arguments: split-K scratch, the persistent kernel's

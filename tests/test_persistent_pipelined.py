@@ -10,7 +10,8 @@ loop (more than the loop body's own two), and the wgmma wait keeps one MMA in fl
 The stream-K kernel's K loop sits inside its loop over runs (not flattened: a run's length is
 only known at run time) and must be pipelined the same way; and so must a tile of three column
 parts (TileConfig.n_parts), whose K step issues four copies and three MMAs, one per part kept in
-flight.
+flight, or with its X chunk in registers (TileConfig.x_in_registers, as launched: Triton 3.6
+only) twelve, one per part and 16-wide K slice, all but one kept in flight.
 Compiling runs in a subprocess, without TRITON_INTERPRET.
 """
 
@@ -35,6 +36,7 @@ def _cases():
         TileConfig(128, 128, 64, 8, 4, persistent=True),
         TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True),
         TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3),
+        TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3, x_in_registers=True),
     )
 
 
@@ -57,6 +59,9 @@ def _compile_and_read() -> dict:
             "copies": len(COPY.findall(ttgir)),
             "pendings": sorted(set(int(p) for p in re.findall(r"pendings = (\d+)", ttgir))),
             "parts": cfg.n_parts,
+            # the MMAs of one K step: a dot a part, split into 16-wide K slices where its A
+            # operand is in registers
+            "dots": len(re.findall(r"ttng\.warp_group_dot ", ttgir)),
         }
     return report
 
@@ -69,11 +74,18 @@ def compiled() -> dict:
 
 
 def test_persistent_tiles_are_pipelined(compiled):
-    assert len(compiled) == 5
-    # a K step's own copies: X and one W block a part; its MMAs: one a part
+    assert len(compiled) == 6
+    # a K step's own copies: X and one W block a part; its MMAs: one a part, or one a part and
+    # K slice with X in registers, all but one of them left in flight at each wait
     serial = {name: r for name, r in compiled.items()
-              if r["copies"] <= 1 + r["parts"] or r["parts"] not in r["pendings"]}  # fmt: skip
+              if r["copies"] <= 1 + r["parts"]
+              or max(r["parts"], r["dots"] - 1) not in r["pendings"]}  # fmt: skip
     assert not serial, f"tile loop's K loop not software-pipelined: {serial}"
+    xreg = next(r for name, r in compiled.items() if name.endswith("xreg"))
+    from bertpool_fast.kernels.runtime import triton_version
+
+    # the register-A form where it is launched (kernels/pooler.py: x_in_registers_launched)
+    assert xreg["dots"] == (12 if triton_version() < (3, 7) else 3)
 
 
 if __name__ == "__main__":

@@ -407,7 +407,8 @@ def _check_tma_case(hidden, weight, bias, activation, cfg, spies, expect_tma=Tru
     pooler_fwd(hidden, weight, bias, activation, out=out, config=cfg)
     assert (tma.calls, plain.calls) == ((1, 0) if expect_tma else (0, 1)), config_label(cfg)
     ref_out = poisoned((m, n), hidden.dtype, hidden.device)
-    pointer_cfg = cfg._replace(tma=False, warp_specialize=False, stream_k=False, n_parts=1)
+    pointer_cfg = cfg._replace(tma=False, warp_specialize=False, stream_k=False, n_parts=1,
+                               x_in_registers=False)  # fmt: skip
     pooler_fwd(hidden, weight, bias, activation, out=ref_out, config=pointer_cfg)
     x = hidden[:, 0] if hidden.dim() == 3 else hidden
     b64 = None if bias is None else bias.double()
@@ -486,12 +487,15 @@ def test_tma_tiles_of_column_parts_interpreter(b, h_in, h_out, bias_on, activati
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU; this machine has none")
 @pytest.mark.parametrize("dtype", HALF, ids=HALF_IDS)
 def test_tma_tiles_of_column_parts_on_the_gpu(dtype, spies):
-    # The 128x(3x64) and 64x(3x64) candidates as compiled, at BERT-base and BERT-large widths
+    # The part candidates as compiled, X from shared memory and from registers, at BERT-base
+    # and BERT-large widths
     # (768 = 4 x 192; 1024 leaves a last tile whose two last parts lie past N), M with a tail
     tma, plain = spies
     cases = [(m, h, cfg) for m in (1000, 4096) for h in (768, 1024)
-             for cfg in (TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3),
-                         TileConfig(64, 64, 64, 4, 4, tma=True, n_parts=3))]  # fmt: skip
+             for parts in (TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3),
+                           TileConfig(64, 64, 64, 4, 4, tma=True, n_parts=3),
+                           TileConfig(64, 32, 64, 4, 4, tma=True, n_parts=3))
+             for cfg in (parts, parts._replace(x_in_registers=True))]  # fmt: skip
     for m, h, cfg in cases:
         hidden, weight, bias = make_inputs(m, 3, h, h, dtype)
         out = run_checked(hidden, weight, bias, cfg)
@@ -502,6 +506,21 @@ def test_tma_tiles_of_column_parts_on_the_gpu(dtype, spies):
     launches = 2 * len(cases)
     expected = (launches, 0) if pooler_module.has_tma(hidden.device) else (0, launches)
     assert (tma.calls, plain.calls) == expected
+
+
+def test_x_in_registers_is_a_launch_form_of_the_same_tile(spies, monkeypatch):
+    # The interpreter runs no PTX: there an x_in_registers tile launches as the tile without it
+    # and gives its bits. On a GPU the form is launched with Triton 3.6 only (3.9 spills it).
+    hidden, weight, bias = make_inputs(37, 2, 136, 40, torch.float16)
+    parts = TileConfig(16, 16, 32, 4, 2, tma=True, n_parts=3)
+    xreg = parts._replace(x_in_registers=True)
+    _check_tma_case(hidden, weight, bias, "tanh", xreg, spies)  # the pointer tile's bits
+    flag = pooler_module.x_in_registers_launched
+    assert not flag(xreg) and not flag(parts)  # this process: the interpreter
+    monkeypatch.setattr(pooler_module, "_INTERPRETED", False)
+    for version, launched in (((3, 6), True), ((3, 7), False), ((3, 9), False)):
+        monkeypatch.setattr(pooler_module, "triton_version", lambda v=version: v)
+        assert flag(xreg) is launched and not flag(parts), version
 
 
 def test_column_parts_config_is_validated():
@@ -518,6 +537,11 @@ def test_column_parts_config_is_validated():
                        config=TileConfig(16, 16, 16, 4, 1, tma=True, n_parts=n_parts))  # fmt: skip
     assert (config_label(TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3, pdl=True))
             == "128x(3x64)x64 w8 s4 tma pdl")  # fmt: skip
+    with pytest.raises(ValueError, match="config.x_in_registers needs config.n_parts of 2 or 3"):
+        pooler_fwd(hidden, weight, bias, "tanh",
+                   config=TileConfig(16, 16, 16, 4, 1, tma=True, x_in_registers=True))  # fmt: skip
+    assert (config_label(TileConfig(64, 32, 64, 4, 4, tma=True, n_parts=3, x_in_registers=True,
+                                    pdl=True)) == "64x(3x32)x64 w4 s4 tma xreg pdl")  # fmt: skip
 
 
 # (B, H_in, H_out, bias, activation) for the stream-K tile 16x32x32: its programs each take an
@@ -714,12 +738,13 @@ def test_tma_config_is_validated_and_labelled():
         config_label(TileConfig(64, 128, 64, 4, 3, tma=True, warp_specialize=True))
         == "64x128x64 w4 s3 tma ws"
     )
-    # positional uses of TileConfig keep their meaning: tma, warp_specialize, pdl, stream_k and
-    # n_parts are the last fields, off (1) by default
+    # positional uses of TileConfig keep their meaning: tma, warp_specialize, pdl, stream_k,
+    # n_parts and x_in_registers are the last fields, off (1) by default
     assert TileConfig(16, 32, 64, 4, 3, 4, True, False) == TileConfig(
         16, 32, 64, 4, 3, split_k=4, swap_ab=True
     )
-    assert TileConfig._fields[-5:] == ("tma", "warp_specialize", "pdl", "stream_k", "n_parts")
+    assert TileConfig._fields[-6:] == ("tma", "warp_specialize", "pdl", "stream_k", "n_parts",
+                                       "x_in_registers")  # fmt: skip
     assert (config_label(TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True, pdl=True))
             == "128x128x64 w8 s4 tma stream-k pdl")  # fmt: skip
     assert (

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import time
-from typing import Optional
 
 import pytest
 import torch
@@ -149,11 +148,12 @@ def test_a_tma_winner_round_trips_through_the_table_module(tmp_path):
     assert _load(str(path)).TABLES["sm90"]["fp16"] == table
 
 
-def _warm_or_hang(job: tuple) -> Optional[str]:
+def _warm_or_hang(job: tuple) -> tuple:
     # a stand-in warm-up launch for precompile's workers: job (name, config, hidden, M)
     if job[0] == "hangs":
         time.sleep(3600)
-    return "fails: as told" if job[0] == "fails" else None
+    return {"fails": ("failed", "as told"), "faults": ("faulted", "as told"),
+            "unknown": ("unknown", "as told")}.get(job[0], ("ok", None))  # fmt: skip
 
 
 def test_compile_workers_follow_the_usable_cpus(monkeypatch):
@@ -166,19 +166,38 @@ def test_compile_workers_follow_the_usable_cpus(monkeypatch):
         assert tune.default_compile_jobs(real) == jobs
 
 
-def test_a_warm_up_launch_that_never_returns_is_left_out():
+def test_a_warm_up_launch_that_never_returns_or_faults_is_left_out():
     # the sweep runs in one process and cannot recover from a launch that never returns, so
     # precompile gives such a config up at its deadline (killing its worker) and the sweep leaves
-    # it out; a failed warm-up only costs its compile time later
+    # it out; nor from one that faults the GPU (its context fails every later call), left out
+    # too; a failed warm-up, or one a faulted worker could not run, only costs compile time later
     jobs = [("hangs", (64, 64, 64, 4, 3), 768, 8192), ("fails", (16, 16, 64, 4, 3), 768, 64),
-            ("fine", (16, 16, 64, 4, 3), 768, 64)]  # fmt: skip
+            ("fine", (16, 16, 64, 4, 3), 768, 64), ("faults", (16, 16, 64, 4, 3), 768, 64),
+            ("unknown", (16, 16, 64, 4, 3), 768, 64)]  # fmt: skip
     start = time.monotonic()
-    unfinished = tune.precompile(jobs, workers=2, deadline_s=12.0, warm=_warm_or_hang)
-    assert unfinished == {jobs[0]}
+    left_out = tune.precompile(jobs, workers=2, deadline_s=12.0, warm=_warm_or_hang)
+    assert left_out == {jobs[0]: tune.NEVER_RETURNED, jobs[3]: f"{tune.FAULTED}: as told"}
     assert time.monotonic() - start < 60, "the hung worker was not killed at the deadline"
+    assert tune.precompile(jobs[1:3], workers=1, deadline_s=12.0, warm=_warm_or_hang) == {}
 
 
-def test_the_sweep_rejects_unfinished_configs_unrun(tmp_path, monkeypatch):
+def test_a_warm_up_launch_tells_a_fault_from_a_failure(monkeypatch):
+    # after an error, a device that still runs work means the config failed (the sweep compiles
+    # it again itself); one that does not means this launch faulted it; a device already gone
+    # before the launch says nothing of this config
+    usable = iter([True, True])
+    monkeypatch.setattr(tune, "_device_usable", lambda: next(usable))
+    job = ("fp16", (16, 16, 64, 4, 3, 1, False, False, False, False, False, False, 0), 64, 8)
+    status, why = tune._warm_one(job)  # n_parts=0: the config check raises
+    assert status == "failed" and "ValueError" in why
+    usable = iter([True, False])
+    assert tune._warm_one(job)[0] == "faulted"
+    usable = iter([False])
+    assert tune._warm_one(job)[0] == "unknown"
+
+
+@pytest.mark.parametrize("why", [tune.NEVER_RETURNED, f"{tune.FAULTED}: an illegal address"])
+def test_the_sweep_rejects_left_out_configs_unrun(tmp_path, monkeypatch, why):
     ran = []
     real = tune.check
     monkeypatch.setattr(
@@ -186,10 +205,10 @@ def test_the_sweep_rejects_unfinished_configs_unrun(tmp_path, monkeypatch):
     )
     cfg = tune.candidates_at(3, torch.float16, True)[0]
     buckets = tune.sweep(["fp16"], [3], 128, 3, True, tune.harness.Budget(100.0), "default",
-                         frozenset({("fp16", tuple(cfg))}))  # fmt: skip
+                         {("fp16", tuple(cfg)): why})  # fmt: skip
     (bucket,) = buckets
     status = {m.label: m.status for m in bucket.measurements}
-    assert status[config_label(cfg)].startswith("REJECTED: its warm-up launch did not return")
+    assert status[config_label(cfg)] == f"REJECTED: {why}"
     assert bucket.winner != config_label(cfg)
     assert len(ran) == len(bucket.measurements) - 1  # every other contestant was checked
 

@@ -22,9 +22,10 @@ once more with ``pdl=True`` (a launch option: ``kernels/pooler.py``) and wins on
 Compiling is most of the cost (~1-2 s per config and dtype): ``--compile-jobs`` worker processes
 compile every candidate first, and its PDL form where PDL is timed (each runs one launch at the
 largest M it is swept at, which fills Triton's on-disk cache, so this process then loads instead
-of compiling). A config whose launch
-has not returned by ``PRECOMPILE_DEADLINE_S`` is given up (its worker killed) and rejected unrun:
-a launch that never returns in this process would end the whole run. ``--budget-s`` bounds the
+of compiling). A config whose launch has not returned by ``PRECOMPILE_DEADLINE_S`` is given up
+(its worker killed), and one whose launch faulted the GPU is left out too; both are rejected
+unrun: in this process a launch that never returns would end the whole run, and a fault would
+fail every measurement after it. ``--budget-s`` bounds the
 run: with less than ``RESERVE_S`` of it left, each remaining M measures only eager and the
 table's current pick.
 
@@ -149,12 +150,35 @@ def candidates_at(m: int, dtype: torch.dtype, dry_run: bool, arch: str = "defaul
     return [cfg for lo, hi, cfg in candidates if lo <= m <= hi]
 
 
-def _warm_one(job: tuple[str, tuple, int, int]) -> Optional[str]:
+# What precompile says of a config it leaves out of the sweep: its warm-up launch never
+# returned, or it faulted the GPU (an illegal address, a misaligned access): a CUDA context that
+# has run such a launch fails every later call, so the sweep's own process must never run it.
+NEVER_RETURNED = "its warm-up launch did not return (a hang?)"
+FAULTED = "its warm-up launch faulted the GPU"
+
+
+def _device_usable() -> bool:
+    """Whether this process's GPU context still runs work (always, without a GPU)."""
+    if not torch.cuda.is_available():
+        return True
+    try:
+        torch.ones(1, device="cuda").add_(1).item()  # item() waits for it
+        return True
+    except Exception:  # noqa: BLE001 - any error here means the context is gone
+        return False
+
+
+def _warm_one(job: tuple[str, tuple, int, int]) -> tuple[str, Optional[str]]:
     # In a worker process: one launch of a config at the largest M it is swept at, which compiles
     # it into Triton's on-disk cache (M is not specialized; rows 16-aligned, H apart: divisible by
     # 16, as the sweep's S * H) and runs it once with several tiles per program where the grid is
-    # persistent: a launch that never returns shows here, where it can be given up.
+    # persistent: a launch that never returns, or one that faults the GPU, shows here, where it
+    # costs a worker and not the sweep. Returns ("ok", None), ("failed", why) (compiled inline
+    # later), ("faulted", why), or ("unknown", why): a worker whose context an earlier job
+    # faulted cannot tell, and the sweep compiles its jobs itself.
     dtype_name, cfg_fields, hidden, m = job
+    if not _device_usable():
+        return "unknown", f"{dtype_name} {cfg_fields}: not run, an earlier job faulted this worker"
     try:
         from bertpool_fast.kernels.pooler import pooler_fwd
         from bertpool_fast.kernels.tiles import TileConfig
@@ -164,9 +188,10 @@ def _warm_one(job: tuple[str, tuple, int, int]) -> Optional[str]:
         inputs = Inputs(m, hidden, 1, dtype, device, 1)
         pooler_fwd(*inputs.sets[0], "tanh", config=TileConfig(*cfg_fields))
         harness.sync()
-        return None
-    except Exception as exc:  # noqa: BLE001 - reported by the parent, which compiles it itself
-        return f"{dtype_name} {cfg_fields}: {type(exc).__name__}: {exc}"
+        return "ok", None
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        why = f"{dtype_name} {cfg_fields}: {type(exc).__name__}: {exc}"
+        return ("failed" if _device_usable() else "faulted"), why
 
 
 def default_compile_jobs(args) -> int:
@@ -180,56 +205,63 @@ def default_compile_jobs(args) -> int:
     return max(1, min(MAX_COMPILE_JOBS, len(usable)))
 
 
-def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one) -> set:
+def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one) -> dict:
     """Compile every job (dtype, config fields, hidden, M) in parallel worker processes, each by
-    one launch (``warm``); failures only cost time. Returns the jobs whose launch had not
-    returned ``deadline_s`` after the start (their workers are killed): the sweep, which runs in
-    this process and could not recover from a launch that never ends, leaves them out."""
+    one launch (``warm``); failures only cost time. Returns {job: why} of the jobs the sweep must
+    leave out: those whose launch had not returned ``deadline_s`` after the start (their workers
+    are killed; NEVER_RETURNED) and those whose launch faulted the GPU (FAULTED). The sweep runs
+    in this process and could recover from neither."""
     if workers <= 0 or not jobs:
-        return set()
+        return {}
     import multiprocessing
 
     start = time.monotonic()
-    failures, unfinished = [], set()
+    failures, left_out = [], {}
     try:
         # spawn: a forked child must not inherit this process's CUDA context
         pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
     except Exception as exc:  # noqa: BLE001 - the sweep compiles whatever was not cached
         print(f"precompile: worker pool failed ({type(exc).__name__}: {exc}); compiling inline",
               file=sys.stderr)  # fmt: skip
-        return set()
+        return {}
     try:
         pending = [(job, pool.apply_async(warm, (job,))) for job in jobs]
         for job, result in pending:
             try:
-                failure = result.get(timeout=max(0.0, start + deadline_s - time.monotonic()))
+                status, why = result.get(timeout=max(0.0, start + deadline_s - time.monotonic()))
             except multiprocessing.TimeoutError:
-                unfinished.add(job)
+                left_out[job] = NEVER_RETURNED
                 continue
             except Exception as exc:  # noqa: BLE001 - a worker that died: compiled inline later
-                failure = f"{job[:2]}: {type(exc).__name__}: {exc}"
-            if failure:
-                failures.append(failure)
+                status, why = "failed", f"{job[:2]}: {type(exc).__name__}: {exc}"
+            if status == "faulted":
+                left_out[job] = f"{FAULTED}: {why}"[:300]
+            elif status != "ok":
+                failures.append(why)
     finally:
-        if unfinished:
+        if NEVER_RETURNED in left_out.values():
             pool.terminate()  # the workers of launches that never returned
         else:
             pool.close()
         pool.join()
     for f in failures:
         print(f"precompile: {f}", file=sys.stderr)
-    for job in sorted(unfinished):
-        print(f"precompile: {job[0]} {job[1]} at M={job[3]} did not finish in {deadline_s:.0f} s;"
-              " left out of the sweep", file=sys.stderr)  # fmt: skip
-    print(f"precompiled {len(jobs)} configs in {time.monotonic() - start:.1f} s "
-          f"({workers} workers, {len(failures)} failed, {len(unfinished)} unfinished)")  # fmt: skip
-    return unfinished
+    for job, why in sorted(left_out.items()):
+        when = f" in {deadline_s:.0f} s" if why == NEVER_RETURNED else ""
+        print(f"precompile: {job[0]} {job[1]} at M={job[3]}: {why}{when}; left out of the sweep",
+              file=sys.stderr)  # fmt: skip
+    unfinished = sum(why == NEVER_RETURNED for why in left_out.values())
+    print(f"precompiled {len(jobs)} configs in {time.monotonic() - start:.1f} s ({workers} "
+          f"workers, {len(failures)} failed, {unfinished} unfinished, "
+          f"{len(left_out) - unfinished} faulted the GPU)")  # fmt: skip
+    return left_out
 
 
 def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budget: harness.Budget,
-          arch: str, unfinished: frozenset = frozenset()) -> list[BucketResult]:  # fmt: skip
-    """``unfinished``: (dtype name, config fields) whose warm-up launch never returned (rejected
-    unrun)."""
+          arch: str, left_out: Optional[dict] = None) -> list[BucketResult]:  # fmt: skip
+    """``left_out``: {(dtype name, config fields): why} of configs precompile found unsafe to run
+    here (rejected unrun)."""
+    left_out = left_out or {}
     import torch.nn.functional as F
 
     from bertpool_fast.kernels.pooler import arch_has_pdl, pick_config
@@ -260,8 +292,8 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
                 for cfg, source in configs:
                     meas = Measurement(config_label(cfg), cfg._asdict(), source)
                     bucket.measurements.append(meas)
-                    if (dtype_name, tuple(cfg)) in unfinished:
-                        meas.status = "REJECTED: its warm-up launch did not return (a hang?)"
+                    if (dtype_name, tuple(cfg)) in left_out:
+                        meas.status = f"REJECTED: {left_out[(dtype_name, tuple(cfg))]}"
                         print(f"!! {dtype_name} M={m} {meas.label}: {meas.status}",
                               file=sys.stderr)  # fmt: skip
                         continue
@@ -282,8 +314,8 @@ def sweep(dtypes: list[str], batches, hidden: int, seq: int, dry_run: bool, budg
                     cfg = twin
                     meas = Measurement(config_label(cfg), cfg._asdict(), "fastest, with pdl")
                     bucket.measurements.append(meas)
-                    if (dtype_name, tuple(cfg)) in unfinished:
-                        meas.status = "REJECTED: its warm-up launch did not return (a hang?)"
+                    if (dtype_name, tuple(cfg)) in left_out:
+                        meas.status = f"REJECTED: {left_out[(dtype_name, tuple(cfg))]}"
                     else:
                         _measure(meas, cfg, inputs, dtype_name, n, dry_run)
                 skipped = sum(x.status == "skipped: budget" for x in bucket.measurements)
@@ -672,7 +704,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
 
     workers = args.compile_jobs if args.compile_jobs is not None else default_compile_jobs(args)
-    unfinished = set()
+    left_out = {}
     if workers:
         largest_m: dict = {}  # (dtype name, config fields) -> the largest M it is swept at
         for d in dtypes:
@@ -688,10 +720,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                         largest_m[(d, tuple(c))] = max(m, largest_m.get((d, tuple(c)), 0))
         jobs = sorted((d, cfg, hidden, m) for (d, cfg), m in largest_m.items())
         deadline_s = min(PRECOMPILE_DEADLINE_S, args.budget_s / 2)
-        unfinished = {job[:2] for job in precompile(jobs, workers, deadline_s)}
+        left_out = {job[:2]: why for job, why in precompile(jobs, workers, deadline_s).items()}
 
     start = time.monotonic()
-    buckets = sweep(dtypes, batches, hidden, seq, args.dry_run, budget, arch, frozenset(unfinished))
+    buckets = sweep(dtypes, batches, hidden, seq, args.dry_run, budget, arch, left_out)
     module = new_tables(buckets, arch, env, hidden, seq, width)
     source = render_module(module, TABLE_HEADER)
     compile(source, "pooler_tables.py", "exec")  # a table that does not parse is never written

@@ -152,8 +152,17 @@ def _warm_or_hang(job: tuple) -> tuple:
     # a stand-in warm-up launch for precompile's workers: job (name, config, hidden, M)
     if job[0] == "hangs":
         time.sleep(3600)
-    return {"fails": ("failed", "as told"), "faults": ("faulted", "as told"),
-            "unknown": ("unknown", "as told")}.get(job[0], ("ok", None))  # fmt: skip
+    if job[0].startswith("untried:"):
+        # left untried by a faulted worker the first time (a marker file says it was seen),
+        # then run in a fresh one, where it faults on its own
+        marker = job[0].split(":", 1)[1]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            return "unknown", "as told"
+        return "faulted", "on its own"
+    return {"fails": ("failed", "as told"), "faults": ("faulted", "as told")}.get(
+        job[0], ("ok", None)
+    )
 
 
 def test_compile_workers_follow_the_usable_cpus(monkeypatch):
@@ -170,15 +179,23 @@ def test_a_warm_up_launch_that_never_returns_or_faults_is_left_out():
     # the sweep runs in one process and cannot recover from a launch that never returns, so
     # precompile gives such a config up at its deadline (killing its worker) and the sweep leaves
     # it out; nor from one that faults the GPU (its context fails every later call), left out
-    # too; a failed warm-up, or one a faulted worker could not run, only costs compile time later
+    # too; a failed warm-up only costs its compile time later
     jobs = [("hangs", (64, 64, 64, 4, 3), 768, 8192), ("fails", (16, 16, 64, 4, 3), 768, 64),
-            ("fine", (16, 16, 64, 4, 3), 768, 64), ("faults", (16, 16, 64, 4, 3), 768, 64),
-            ("unknown", (16, 16, 64, 4, 3), 768, 64)]  # fmt: skip
+            ("fine", (16, 16, 64, 4, 3), 768, 64),
+            ("faults", (16, 16, 64, 4, 3), 768, 64)]  # fmt: skip
     start = time.monotonic()
     left_out = tune.precompile(jobs, workers=2, deadline_s=12.0, warm=_warm_or_hang)
     assert left_out == {jobs[0]: tune.NEVER_RETURNED, jobs[3]: f"{tune.FAULTED}: as told"}
     assert time.monotonic() - start < 60, "the hung worker was not killed at the deadline"
     assert tune.precompile(jobs[1:3], workers=1, deadline_s=12.0, warm=_warm_or_hang) == {}
+
+
+def test_a_job_a_faulted_worker_left_untried_runs_again_in_a_fresh_one(tmp_path):
+    # here it faults on its own the second time, so the sweep must leave it out
+    untried = (f"untried:{tmp_path / 'seen'}", (16, 16, 64, 4, 3), 768, 64)
+    jobs = [("fine", (16, 16, 64, 4, 3), 768, 64), untried]
+    left_out = tune.precompile(jobs, workers=1, deadline_s=30.0, warm=_warm_or_hang)
+    assert left_out == {untried: f"{tune.FAULTED}: on its own"}
 
 
 def test_a_warm_up_launch_tells_a_fault_from_a_failure(monkeypatch):

@@ -216,7 +216,7 @@ def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one) -> d
     import multiprocessing
 
     start = time.monotonic()
-    failures, left_out = [], {}
+    failures, left_out, untried = [], {}, []
     try:
         # spawn: a forked child must not inherit this process's CUDA context
         pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
@@ -236,6 +236,8 @@ def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one) -> d
                 status, why = "failed", f"{job[:2]}: {type(exc).__name__}: {exc}"
             if status == "faulted":
                 left_out[job] = f"{FAULTED}: {why}"[:300]
+            elif status == "unknown":
+                untried.append(job)
             elif status != "ok":
                 failures.append(why)
     finally:
@@ -253,7 +255,13 @@ def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one) -> d
     unfinished = sum(why == NEVER_RETURNED for why in left_out.values())
     print(f"precompiled {len(jobs)} configs in {time.monotonic() - start:.1f} s ({workers} "
           f"workers, {len(failures)} failed, {unfinished} unfinished, "
-          f"{len(left_out) - unfinished} faulted the GPU)")  # fmt: skip
+          f"{len(left_out) - unfinished} faulted the GPU, {len(untried)} left untried by a "
+          "faulted worker)")  # fmt: skip
+    left = deadline_s - (time.monotonic() - start)
+    if untried and len(untried) < len(jobs) and left > 0:
+        # in fresh workers, each job once more (a second fault leaves its worker's later jobs to
+        # the sweep, which compiles them itself)
+        left_out.update(precompile(untried, workers, left, warm))
     return left_out
 
 

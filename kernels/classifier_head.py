@@ -73,13 +73,14 @@ class HeadConfig(NamedTuple):
 #   * 8 warps wherever a 128-label fp32 block sits beside a pooled chunk of 64 rows: at 4 warps the
 #     fused 64-row tile spilled (up to 2.4 KB on sm_80). fp32 tiles stop at 32 rows: its FMA dot
 #     keeps operands in registers too, and 64 fp32 rows spill even at 8 warps.
+#   * the fused half row takes 2 stages: with 3, Triton 3.6 spills 8 B on sm_80 at 128 labels.
 #   * block_n and block_k are one value per dtype: block_n is the split path's chunk and the fused
 #     path's step, block_k the pooled K order, so the head sums K in one order at every M.
 _HALF_CONFIGS = (
     (16, HeadConfig(16, 64, 64, 4, 4, True)),
     (64, HeadConfig(32, 64, 64, 4, 4, True)),
     (256, HeadConfig(64, 64, 64, 8, 3, True)),
-    (None, HeadConfig(64, 64, 64, 8, 3, False)),
+    (None, HeadConfig(64, 64, 64, 8, 2, False)),
 )
 #   * fp32 takes fewer than 4 stages: with 4, Triton 3.6 miscompiles the split rows when
 #     hidden_states' row stride is a multiple of 16 and K is not (each thread's K offset into x is
@@ -98,9 +99,10 @@ HEAD_CONFIGS = {
 }
 # The largest M the split-N path serves (the last split row of every table).
 SPLIT_MAX_M = 256
-# The reduction kernel is a few loads and adds per logit: one warp group, loads double-buffered.
-# At most 32 rows a program: a 64 x 128 fp32 sum plus the next chunk's loads in flight spills.
-REDUCE_NUM_WARPS = 4
+# The reduction kernel is a few loads and adds per logit: two warps, loads double-buffered (with
+# four, Triton 3.6 spills 8 B on sm_80 for 16 x 128 fp32 logits). At most 32 rows a program: a
+# 64 x 128 fp32 sum plus the next chunk's loads in flight spills.
+REDUCE_NUM_WARPS = 2
 REDUCE_NUM_STAGES = 2
 REDUCE_MAX_BLOCK_M = 32
 

@@ -148,7 +148,9 @@ def _jit_function(kernel):
 
 def compile_options(case) -> dict:
     """Triton's compile options for a case, as its launch sets them."""
-    options = {"num_warps": case.num_warps, "num_stages": case.num_stages}
+    from .kernels.launch import COMPILE_OPTIONS
+
+    options = {"num_warps": case.num_warps, "num_stages": case.num_stages, **COMPILE_OPTIONS}
     if case.launch_pdl:  # only when set: every other case compiles as it always has
         options["launch_pdl"] = True
     return options

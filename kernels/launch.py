@@ -22,7 +22,8 @@ kernel never runs with arguments it was not compiled for (``triton/runtime/jit.p
   into the TMA descriptor, sizes and strides on every launch, so the object itself is passed on;
 * the constexpr values (with their types: ``True`` and ``1`` hash alike but compile apart),
   num_warps, num_stages, launch_pdl (a compile option: the launcher reads it from the compiled
-  kernel's metadata), and the current CUDA device.
+  kernel's metadata), and the current CUDA device (``COMPILE_OPTIONS`` are the same for every
+  launch).
 
 Anything else (an argument of another kind, launch hooks set by a profiler, pre-run hooks, a changed
 module global that the kernel reads, a triton whose launcher signature is not one this file knows,
@@ -47,6 +48,14 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor as _TENSOR_DESCRIPTOR
 except ImportError:  # a triton without host-side descriptors: no argument is one
     _TENSOR_DESCRIPTOR = None
+
+# Compile options every kernel of this package is launched (and inspected) with. Contracted
+# multiply-adds: the epilogues' instruction counts and the activations' error bounds assume them
+# (the rational tanh is six of its twelve instructions), and every GPU figure was measured with
+# them. Triton 3.6 fuses by default; 3.9 does too but warns at the first compile that leaves it
+# unset, and announces the default turns to no fusion in 3.10. TRITON_FORCE_DISABLE_FP_FUSION
+# still turns it off.
+COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 _MISSING = object()
 _I32_MIN = -(1 << 31)
@@ -226,8 +235,8 @@ class CachedLaunch:
     def plain(self, grid, args: tuple, constexprs: tuple, num_warps: int, num_stages: int,
               launch_pdl: bool = False):  # fmt: skip
         """Triton's own launch; returns what ``JITFunction.run`` returns (the compiled kernel)."""
-        # the option only when set: a launch without it compiles as it always has
-        options = {"launch_pdl": True} if launch_pdl else {}
+        # launch_pdl only when set: a launch without it compiles as it always has
+        options = {"launch_pdl": True, **COMPILE_OPTIONS} if launch_pdl else COMPILE_OPTIONS
         return self.kernel[grid](*args, *constexprs, num_warps=num_warps, num_stages=num_stages,
                                  **options)  # fmt: skip
 

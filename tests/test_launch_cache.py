@@ -15,7 +15,7 @@ from triton import knobs
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from bertpool_fast.kernels import launch
-from bertpool_fast.kernels.launch import CachedLaunch, _spec
+from bertpool_fast.kernels.launch import COMPILE_OPTIONS, CachedLaunch, _spec
 
 
 def _stand_in(x_ptr, y_ptr, n, stride, ACT: tl.constexpr, BLOCK: tl.constexpr):
@@ -124,11 +124,20 @@ def test_launch_pdl_reaches_triton_only_when_set(cache):
     _call(cache)
     _call(cache, launch_pdl=True)
     _call(cache, launch_pdl=True)
-    assert [p[4] for p in cache.kernel.plain] == [{}, {"launch_pdl": True}]
+    fused = {"enable_fp_fusion": True}  # every launch's (COMPILE_OPTIONS, below)
+    assert [p[4] for p in cache.kernel.plain] == [fused, {"launch_pdl": True, **fused}]
     assert len(cache.kernel.compiled.direct) == 1
     disabled = CachedLaunch(cache.kernel, enabled=False)  # the interpreter's path: plain each time
     _call(disabled, launch_pdl=True)
-    assert cache.kernel.plain[-1][4] == {"launch_pdl": True}
+    assert cache.kernel.plain[-1][4] == {"launch_pdl": True, **fused}
+
+
+def test_every_launch_asks_for_fused_multiply_adds(cache):
+    # explicitly, whatever Triton's default: 3.10 announces it turns to no fusion
+    assert COMPILE_OPTIONS == {"enable_fp_fusion": True}
+    _call(cache)
+    _call(CachedLaunch(cache.kernel, enabled=False))
+    assert [p[4] for p in cache.kernel.plain] == [COMPILE_OPTIONS, COMPILE_OPTIONS]
 
 
 def test_grid_is_not_part_of_the_key(cache):

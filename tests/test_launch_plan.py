@@ -23,7 +23,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from bertpool_fast import fused_pooler, ops
 from bertpool_fast.kernels import descriptor_launch, pooler, pooler_plan
-from bertpool_fast.kernels.launch import CachedLaunch
+from bertpool_fast.kernels.launch import COMPILE_OPTIONS, CachedLaunch
 from bertpool_fast.kernels.tiles import TileConfig
 from bertpool_fast.reference import pooler_reference
 from conftest import HAS_CUDA, randn
@@ -318,14 +318,16 @@ def test_a_pdl_tile_is_compiled_for_it_launched_with_it_and_planned(stand_in, mo
     kernel = stand_in.kernel
     _, planned = _run(stand_in, hidden, weight, bias)
     assert not planned and kernel.plain == 1
-    assert kernel.options == {"launch_pdl": True} and kernel.last_constexpr is True  # PDL
+    assert kernel.options == {"launch_pdl": True, **COMPILE_OPTIONS}  # PDL
+    assert kernel.last_constexpr is True
     _, planned = _run(stand_in, randn(*hidden.shape, dtype=hidden.dtype, device="cpu"), weight,
                       bias)  # fmt: skip
     assert planned and kernel.compiled.last_constexpr is True
     monkeypatch.setattr(pooler, "_INTERPRETED", True)
     monkeypatch.setattr(ops, "_PLANS", {})
     _run(stand_in, hidden, weight, bias)
-    assert kernel.plain == 2 and kernel.options == {} and kernel.last_constexpr is False
+    assert kernel.plain == 2 and kernel.options == COMPILE_OPTIONS
+    assert kernel.last_constexpr is False
 
 
 def test_a_tma_plan_refuses_rows_a_descriptor_cannot_hold(stand_in, monkeypatch):

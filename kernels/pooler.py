@@ -161,11 +161,17 @@ def pick_config(
     if batch_invariant:
         # one table for every architecture: its guarantee is a property of the tiles, not a speed
         return pick_tile(BATCH_INVARIANT_CONFIGS[dtype], m)
-    by_width = POOLER_WIDTH_TABLES.get(arch, {}).get(width, {})
-    config = pick_tile(by_width[dtype], m) if dtype in by_width else None
+    config = _width_tile(m, dtype, arch, width)
     if config is None:  # no table at this width, or this M was not tuned at it
         config = pick_tile(POOLER_TABLES[arch][dtype], m)
     return config if warp_specialized_tile_compiles(config) else unspecialized_tile(config)
+
+
+def _width_tile(m: int, dtype: torch.dtype, arch: str, width: Optional[int]):
+    """The tile of ``width``'s own table on ``arch`` for M rows; None where that table does not
+    cover M (or there is none): those M take the main table's tiles and eager rows."""
+    by_width = POOLER_WIDTH_TABLES.get(arch, {}).get(width, {})
+    return pick_tile(by_width[dtype], m) if dtype in by_width else None
 
 
 @functools.cache
@@ -177,8 +183,7 @@ def eager_measured_faster(
     ``backend="auto"`` runs eager there; False wherever no tune said so (the CPU, untuned GPUs).
     A tune writes eager rows only where eager won somewhere, so M that a width's tile table
     covers read that width's eager rows or none, never the main table's."""
-    by_width = POOLER_WIDTH_TABLES.get(arch, {}).get(width, {})
-    if dtype in by_width and pick_tile(by_width[dtype], m) is not None:
+    if _width_tile(m, dtype, arch, width) is not None:
         rows = POOLER_EAGER_WIDTH_TABLES.get(arch, {}).get(width, {}).get(dtype)
     else:  # no tune at this width, or this M was not tuned at it
         rows = POOLER_EAGER_TABLES.get(arch, {}).get(dtype)

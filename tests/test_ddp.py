@@ -71,6 +71,8 @@ def _worker(rank, port, state, batches, out_path):
         # closes the pair, and the other's gloo thread may then abort the process (seen here,
         # about 1 run in 7: "terminate called without an active exception").
         dist.barrier()
+        # every collective done: what follows is gloo's teardown (see _spawn_workers)
+        open(f"{out_path}.done{rank}", "w").close()
     finally:
         dist.destroy_process_group()
 
@@ -81,13 +83,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_workers(state, batches, out_path):
+    # spawn: fresh interpreters that inherit os.environ, TRITON_INTERPRET included (conftest)
+    try:
+        mp.spawn(_worker, args=(free_port(), state, batches, out_path), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as exc:
+        # The barrier does not stop every abort in gloo's teardown (seen once in CI after it:
+        # "terminate called without an active exception", SIGABRT): a rank that aborts after
+        # both ranks finished every collective has computed all the test reads. Any other exit
+        # (an abort before that, an exception, another signal) still fails the test.
+        done = all(os.path.exists(f"{out_path}.done{rank}") for rank in range(WORLD))
+        if not (done and exc.signal_name == "SIGABRT"):
+            raise
+        print(f"rank {exc.error_index} aborted in gloo's teardown after its work: {exc}")
+
+
 def test_ddp_gradients_equal_single_process(tmp_path):
     model = tiny_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     batches = [(torch.randint(0, 64, (8, 10)), torch.randint(0, 3, (8,))) for _ in range(STEPS)]
     out_path = str(tmp_path / "rank0.pt")
-    # spawn: fresh interpreters that inherit os.environ, TRITON_INTERPRET included (conftest)
-    mp.spawn(_worker, args=(free_port(), state, batches, out_path), nprocs=WORLD, join=True)
+    _spawn_workers(state, batches, out_path)
     ranked = torch.load(out_path)
     # the ranks ran the Triton kernels wherever this process does (the interpreter on CPU)
     assert ranked["interp"] == bertpool_fast.kernels.interpreter_enabled()

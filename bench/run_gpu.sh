@@ -27,6 +27,8 @@ cd "$(dirname "$0")/.."
 TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-450}
 TUNE_BUDGET_S=${TUNE_BUDGET_S:-150}
 TUNE=${TUNE:-1}
+# the dtypes tuned (bench.tune --dtypes); a dtype left out keeps its committed table
+TUNE_DTYPES=${TUNE_DTYPES:-fp16,bf16}
 ATTRIBUTE=${ATTRIBUTE:-1}
 DRY_RUN=${DRY_RUN:-0}
 START=$(date +%s)
@@ -107,7 +109,7 @@ if [ "$TUNE" = 1 ]; then
         TUNE_ARGS=()
     fi
     say "tuning the pooler's tiles on this GPU, budget ${TUNE_BUDGET_S}s"
-    timeout $(( (TUNE_BUDGET_S + 30) * SLOW )) "$PY" -m bench.tune --budget-s "$TUNE_BUDGET_S" --out "$RESULTS/tune" "${TUNE_ARGS[@]}" 2>&1 | tee "$RESULTS/tune.log" | tail -n 40
+    timeout $(( (TUNE_BUDGET_S + 30) * SLOW )) "$PY" -m bench.tune --budget-s "$TUNE_BUDGET_S" --dtypes "$TUNE_DTYPES" --out "$RESULTS/tune" "${TUNE_ARGS[@]}" 2>&1 | tee "$RESULTS/tune.log" | tail -n 40
     TUNE_RC=${PIPESTATUS[0]}
     say "tune exit code $TUNE_RC"
 fi
@@ -126,7 +128,7 @@ if [ "$TUNE" = 1 ]; then
     for WIDTH in $TUNE_WIDTHS; do
         say "tile sweep at H = $WIDTH, budget ${WIDTH_BUDGET_S}s (its own table; H = 768's stays)"
         timeout $(( (WIDTH_BUDGET_S + 30) * SLOW )) "$PY" -m bench.tune --hidden "$WIDTH" \
-            --budget-s "$WIDTH_BUDGET_S" --out "$RESULTS/tune-h$WIDTH" "${WIDTH_ARGS[@]}" \
+            --budget-s "$WIDTH_BUDGET_S" --dtypes "$TUNE_DTYPES" --out "$RESULTS/tune-h$WIDTH" "${WIDTH_ARGS[@]}" \
             > "$RESULTS/tune-h$WIDTH.log" 2>&1 \
             || say "the sweep at H = $WIDTH failed (see $RESULTS/tune-h$WIDTH.log)"
         grep "^| [fb][pf]16" "$RESULTS/tune-h$WIDTH/tune.md" 2>/dev/null | head -n 6
@@ -183,8 +185,11 @@ say "installing this checkout (non-editable)"
 # spreads them over XDIST_WORKERS processes (default 8); without it they run serially.
 XDIST=()
 if "$PY" -c "import xdist" 2>/dev/null && [ "$DRY_RUN" != 1 ]; then XDIST=(-n "${XDIST_WORKERS:-8}"); fi
-say "GPU correctness: tile sweep and GPU-marked tests ${XDIST[*]}"
-timeout $(( 200 * SLOW )) "$PY" -m pytest -m gpu tests -q -rxX -p no:cacheprovider --maxfail=30 "${XDIST[@]}" 2>&1 | tee "$RESULTS/gpu_tests.log" | tail -n 60
+# GPU_TESTS_K (a pytest -k expression) narrows them for a short run
+GPU_SELECT=()
+if [ -n "${GPU_TESTS_K:-}" ]; then GPU_SELECT=(-k "$GPU_TESTS_K"); fi
+say "GPU correctness: tile sweep and GPU-marked tests ${XDIST[*]} ${GPU_SELECT[*]}"
+timeout $(( 200 * SLOW )) "$PY" -m pytest -m gpu tests -q -rxX -p no:cacheprovider --maxfail=30 "${XDIST[@]}" "${GPU_SELECT[@]}" 2>&1 | tee "$RESULTS/gpu_tests.log" | tail -n 60
 TESTS_RC=${PIPESTATUS[0]}
 say "GPU tests exit code $TESTS_RC"
 # Not GPU-marked (both run on CPU too), but here they check what this machine's Triton builds: the

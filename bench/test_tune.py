@@ -152,6 +152,8 @@ def _warm_or_hang(job: tuple) -> tuple:
     # a stand-in warm-up launch for precompile's workers: job (name, config, hidden, M)
     if job[0] == "hangs":
         time.sleep(3600)
+    if job[0] == "slow":
+        time.sleep(20)
     if job[0].startswith("untried:"):
         # left untried by a faulted worker the first time (a marker file says it was seen),
         # then run in a fresh one, where it faults on its own
@@ -175,19 +177,33 @@ def test_compile_workers_follow_the_usable_cpus(monkeypatch):
         assert tune.default_compile_jobs(real) == jobs
 
 
-def test_a_warm_up_launch_that_never_returns_or_faults_is_left_out():
+def test_a_warm_up_launch_that_never_returns_or_faults_is_left_out(capsys):
     # the sweep runs in one process and cannot recover from a launch that never returns, so
-    # precompile gives such a config up at its deadline (killing its worker) and the sweep leaves
-    # it out; nor from one that faults the GPU (its context fails every later call), left out
-    # too; a failed warm-up only costs its compile time later
+    # precompile gives such a config up once it has run job_timeout_s (killing its worker) and the
+    # sweep leaves it out; nor from one that faults the GPU (its context fails every later call),
+    # left out too; a failed warm-up only costs its compile time later. Each ends its worker, and
+    # a fresh one takes the jobs behind it: one worker here, so a hang that held it would leave
+    # every later job unrun (the eighth H100 run lost 30 jobs so)
     jobs = [("hangs", (64, 64, 64, 4, 3), 768, 8192), ("fails", (16, 16, 64, 4, 3), 768, 64),
-            ("fine", (16, 16, 64, 4, 3), 768, 64),
-            ("faults", (16, 16, 64, 4, 3), 768, 64)]  # fmt: skip
+            ("faults", (16, 16, 64, 4, 3), 768, 64), ("hangs", (64, 64, 64, 4, 4), 768, 8192),
+            ("fine", (16, 16, 64, 4, 3), 768, 64)]  # fmt: skip
     start = time.monotonic()
-    left_out = tune.precompile(jobs, workers=2, deadline_s=12.0, warm=_warm_or_hang)
-    assert left_out == {jobs[0]: tune.NEVER_RETURNED, jobs[3]: f"{tune.FAULTED}: as told"}
-    assert time.monotonic() - start < 60, "the hung worker was not killed at the deadline"
-    assert tune.precompile(jobs[1:3], workers=1, deadline_s=12.0, warm=_warm_or_hang) == {}
+    left_out = tune.precompile(jobs, workers=1, deadline_s=100.0, warm=_warm_or_hang,
+                               job_timeout_s=4.0)  # fmt: skip
+    assert left_out == {jobs[0]: tune.NEVER_RETURNED, jobs[2]: f"{tune.FAULTED}: as told",
+                        jobs[3]: tune.NEVER_RETURNED}  # fmt: skip
+    assert time.monotonic() - start < 90, "a hung worker was not killed at its job's timeout"
+    out = capsys.readouterr().out
+    assert "2 never returned, 1 faulted the GPU, 0 not finished" in out, out
+    assert tune.precompile(jobs[1:2] + jobs[4:], workers=1, deadline_s=60.0,
+                           warm=_warm_or_hang) == {}  # fmt: skip
+
+
+def test_jobs_unfinished_at_the_deadline_are_left_to_the_sweep(capsys):
+    # not started, or started too recently to be called a hang: the sweep compiles them itself
+    jobs = [("slow", (16, 16, 64, 4, 3), 768, 64), ("fine", (16, 16, 64, 4, 4), 768, 64)]
+    assert tune.precompile(jobs, workers=1, deadline_s=8.0, warm=_warm_or_hang) == {}
+    assert "0 never returned, 0 faulted the GPU, 2 not finished" in capsys.readouterr().out
 
 
 def test_a_job_a_faulted_worker_left_untried_runs_again_in_a_fresh_one(tmp_path):

@@ -22,10 +22,11 @@ once more with ``pdl=True`` (a launch option: ``kernels/pooler.py``) and wins on
 Compiling is most of the cost (~1-2 s per config and dtype): ``--compile-jobs`` worker processes
 compile every candidate first, and its PDL form where PDL is timed (each runs one launch at the
 largest M it is swept at, which fills Triton's on-disk cache, so this process then loads instead
-of compiling). A config whose launch has not returned by ``PRECOMPILE_DEADLINE_S`` is given up
-(its worker killed), and one whose launch faulted the GPU is left out too; both are rejected
-unrun: in this process a launch that never returns would end the whole run, and a fault would
-fail every measurement after it. ``--budget-s`` bounds the
+of compiling). A config whose launch has not returned ``JOB_TIMEOUT_S`` after it started is given
+up (its worker killed and replaced), and one whose launch faulted the GPU is left out too; both
+are rejected unrun: in this process a launch that never returns would end the whole run, and a
+fault would fail every measurement after it. What is not compiled by ``PRECOMPILE_DEADLINE_S``
+is compiled here, by the sweep. ``--budget-s`` bounds the
 run: with less than ``RESERVE_S`` of it left, each remaining M measures only eager and the
 table's current pick.
 
@@ -67,9 +68,13 @@ RESERVE_S = 20.0
 # the table to send backend="auto" there (kernels/pooler_tables.py's EAGER_TABLES): medians of
 # one run differ by about 1% between runs, so a tie never flips to eager on noise.
 EAGER_MARGIN = 1.03
-# Seconds the parallel compile may take before a config whose one launch has not returned is
-# given up as hung (80 configs over 8 workers compiled in 15.5 s on the H100 host).
+# Seconds the parallel compile may take in all (half of --budget-s at most); what is left then is
+# compiled by the sweep itself (80 configs over 8 workers compiled in 15.5 s on the H100 host).
 PRECOMPILE_DEADLINE_S = 75.0
+# Seconds one warm-up launch may take, its compile included, before it is taken for a hang: the
+# slowest config compiles in ~2 s (Triton 3.6, one CPU). The eighth H100 run's 24 warp-specialized
+# 128-row launches never returned, and held 16 workers until the deadline, starving 30 other jobs.
+JOB_TIMEOUT_S = 30.0
 # Compile workers: one per usable CPU (compiling is CPU-bound: LLVM and ptxas), at most this many;
 # each holds a CUDA context. Run 7 compiled 240 configs in 30.5 s with 8 workers on a 16-core host.
 MAX_COMPILE_JOBS = 16
@@ -205,63 +210,117 @@ def default_compile_jobs(args) -> int:
     return max(1, min(MAX_COMPILE_JOBS, len(usable)))
 
 
-def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one) -> dict:
+def _precompile_worker(jobs: list, warm, tasks, events) -> None:
+    # One compile worker: takes job indices until a None, announcing each before its launch so
+    # that the parent can tell a launch that never returns (this worker killed) from a job not
+    # yet started. A launch that faulted the GPU, or found this context already gone ("unknown"),
+    # ends the worker: its context fails every later launch, so a fresh one takes the rest.
+    pid = os.getpid()
+    while (i := tasks.get()) is not None:
+        events.put(("start", pid, i))
+        try:
+            status, why = warm(jobs[i])
+        except Exception as exc:  # noqa: BLE001 - reported by the parent
+            status, why = "failed", f"{jobs[i][:2]}: {type(exc).__name__}: {exc}"
+        events.put(("done", pid, i, status, why))
+        if status in ("faulted", "unknown"):
+            return
+
+
+def precompile(jobs: list, workers: int, deadline_s: float, warm=_warm_one,
+               job_timeout_s: float = JOB_TIMEOUT_S) -> dict:  # fmt: skip
     """Compile every job (dtype, config fields, hidden, M) in parallel worker processes, each by
     one launch (``warm``); failures only cost time. Returns {job: why} of the jobs the sweep must
-    leave out: those whose launch had not returned ``deadline_s`` after the start (their workers
-    are killed; NEVER_RETURNED) and those whose launch faulted the GPU (FAULTED). The sweep runs
-    in this process and could recover from neither."""
+    leave out: those whose launch had not returned ``job_timeout_s`` after it started (NEVER_RETURNED;
+    its worker is killed and another takes its place, so a hang costs one worker that long, not
+    the pool) and those whose launch faulted the GPU (FAULTED). The sweep runs in this process and
+    could recover from neither. Jobs left unstarted or unfinished at ``deadline_s`` are not left
+    out: the sweep compiles them itself. A job a faulted context could not run ("unknown") runs
+    once more in a fresh worker."""
     if workers <= 0 or not jobs:
         return {}
     import multiprocessing
+    import queue
 
     start = time.monotonic()
-    failures, left_out, untried = [], {}, []
+    # spawn: a forked child must not inherit this process's CUDA context
+    ctx = multiprocessing.get_context("spawn")
+    tasks, events = ctx.Queue(), ctx.Queue()
+    for i in range(len(jobs)):
+        tasks.put(i)
+    queued = len(jobs)  # indices put and not yet announced by a worker
+    procs: dict = {}  # pid -> live worker
+    running: dict = {}  # pid -> (job index, when it started)
+    finished: set = set()
+    failures, left_out, retried = [], {}, set()
+
+    def spawn_worker() -> None:
+        proc = ctx.Process(target=_precompile_worker, args=(jobs, warm, tasks, events), daemon=True)
+        proc.start()
+        procs[proc.pid] = proc
+
+    def retire(pid: int) -> None:
+        proc = procs.pop(pid)
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+
     try:
-        # spawn: a forked child must not inherit this process's CUDA context
-        pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
-    except Exception as exc:  # noqa: BLE001 - the sweep compiles whatever was not cached
-        print(f"precompile: worker pool failed ({type(exc).__name__}: {exc}); compiling inline",
-              file=sys.stderr)  # fmt: skip
-        return {}
-    try:
-        pending = [(job, pool.apply_async(warm, (job,))) for job in jobs]
-        for job, result in pending:
+        for _ in range(min(workers, len(jobs))):
+            spawn_worker()
+        while len(finished) < len(jobs) and time.monotonic() - start < deadline_s:
             try:
-                status, why = result.get(timeout=max(0.0, start + deadline_s - time.monotonic()))
-            except multiprocessing.TimeoutError:
-                left_out[job] = NEVER_RETURNED
-                continue
-            except Exception as exc:  # noqa: BLE001 - a worker that died: compiled inline later
-                status, why = "failed", f"{job[:2]}: {type(exc).__name__}: {exc}"
-            if status == "faulted":
-                left_out[job] = f"{FAULTED}: {why}"[:300]
-            elif status == "unknown":
-                untried.append(job)
-            elif status != "ok":
-                failures.append(why)
+                event = events.get(timeout=0.2)
+            except queue.Empty:
+                event = None
+            if event is not None and event[0] == "start":
+                _, pid, i = event
+                running[pid] = (i, time.monotonic())
+                queued -= 1
+            elif event is not None:
+                _, pid, i, status, why = event
+                running.pop(pid, None)
+                finished.add(i)
+                if status == "faulted":
+                    left_out[jobs[i]] = f"{FAULTED}: {why}"[:300]
+                elif status == "unknown" and i not in retried:
+                    retried.add(i)  # this context was gone before the launch: once more
+                    finished.discard(i)
+                    tasks.put(i)
+                    queued += 1
+                elif status not in ("ok", "unknown"):
+                    failures.append(why)
+            now = time.monotonic()
+            for pid, (i, since) in list(running.items()):
+                if now - since > job_timeout_s:
+                    left_out[jobs[i]] = NEVER_RETURNED
+                    finished.add(i)
+                    del running[pid]
+                    retire(pid)
+            for pid, proc in list(procs.items()):
+                if proc.is_alive() or (pid in running and proc.exitcode == 0):
+                    continue  # at work, or ended after a fault: its last event is on the way
+                if pid in running:  # it crashed in a job, which the sweep compiles itself
+                    i, _ = running.pop(pid)
+                    finished.add(i)
+                    failures.append(f"{jobs[i][:2]}: its worker died (exit code {proc.exitcode})")
+                retire(pid)
+            while queued > 0 and len(procs) < min(workers, queued + len(running)):
+                spawn_worker()
     finally:
-        if NEVER_RETURNED in left_out.values():
-            pool.terminate()  # the workers of launches that never returned
-        else:
-            pool.close()
-        pool.join()
+        for pid in list(procs):
+            retire(pid)
     for f in failures:
         print(f"precompile: {f}", file=sys.stderr)
     for job, why in sorted(left_out.items()):
-        when = f" in {deadline_s:.0f} s" if why == NEVER_RETURNED else ""
+        when = f" in {job_timeout_s:.0f} s" if why == NEVER_RETURNED else ""
         print(f"precompile: {job[0]} {job[1]} at M={job[3]}: {why}{when}; left out of the sweep",
               file=sys.stderr)  # fmt: skip
-    unfinished = sum(why == NEVER_RETURNED for why in left_out.values())
+    hung = sum(why == NEVER_RETURNED for why in left_out.values())
     print(f"precompiled {len(jobs)} configs in {time.monotonic() - start:.1f} s ({workers} "
-          f"workers, {len(failures)} failed, {unfinished} unfinished, "
-          f"{len(left_out) - unfinished} faulted the GPU, {len(untried)} left untried by a "
-          "faulted worker)")  # fmt: skip
-    left = deadline_s - (time.monotonic() - start)
-    if untried and len(untried) < len(jobs) and left > 0:
-        # in fresh workers, each job once more (a second fault leaves its worker's later jobs to
-        # the sweep, which compiles them itself)
-        left_out.update(precompile(untried, workers, left, warm))
+          f"workers, {len(failures)} failed, {hung} never returned, "
+          f"{len(left_out) - hung} faulted the GPU, {len(jobs) - len(finished)} not finished by "
+          f"the {deadline_s:.0f} s deadline: the sweep compiles those)")  # fmt: skip
     return left_out
 
 

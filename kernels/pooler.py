@@ -164,7 +164,7 @@ def pick_config(
     config = _width_tile(m, dtype, arch, width)
     if config is None:  # no table at this width, or this M was not tuned at it
         config = pick_tile(POOLER_TABLES[arch][dtype], m)
-    return config if warp_specialized_tile_compiles(config) else unspecialized_tile(config)
+    return config if warp_specialized_tile_runs(config) else unspecialized_tile(config)
 
 
 def _width_tile(m: int, dtype: torch.dtype, arch: str, width: Optional[int]):
@@ -193,14 +193,22 @@ def eager_measured_faster(
 # Triton 3.6 (the GPU machines') compiles a warp-specialized tile of 128 rows into a producer and
 # two consumer warpgroups of 64 rows each; Triton 3.9's pass splits the X copy between the two
 # but not its descriptor's block, and the compile fails ("descriptor block and tensor must have
-# the same number of elements"). 3.7 and 3.8 are untested and taken as 3.9. A table tuned with 3.6
-# may hold such a tile, so pick_config runs it unspecialized on those releases.
+# the same number of elements"); 3.7 and 3.8 are untested and taken as 3.9. What 3.6 builds does
+# not run either: on an H100 (eighth run) none of 24 such launches (six tiles, plain and
+# persistent, 128x128 and 128x256, fp16 and bf16, H = 768 and 1024) returned within 60 s, where
+# their unspecialized twins took 10-30 us. So pick_config runs such a tile unspecialized on
+# every release, and an explicit config= is refused.
 WARP_SPECIALIZED_ROWS_ERROR = "descriptor block and tensor must have the same number of elements"
 
 
 def warp_specialized_tile_compiles(config: TileConfig) -> bool:
     """Whether this Triton compiles ``config`` (only 128-row warp-specialized tiles may not)."""
     return not (config.warp_specialize and config.block_m > 64) or triton_version() < (3, 7)
+
+
+def warp_specialized_tile_runs(config: TileConfig) -> bool:
+    """Whether ``config`` may be launched: not a 128-row warp-specialized tile (on any release)."""
+    return not (config.warp_specialize and config.block_m > 64)
 
 
 def unspecialized_tile(config: TileConfig) -> TileConfig:
@@ -890,10 +898,15 @@ def check_config(config: TileConfig) -> None:
         )
     if config.x_in_registers and config.n_parts < 2:
         raise ValueError(f"config.x_in_registers needs config.n_parts of 2 or 3: {config}")
-    if not _INTERPRETED and not warp_specialized_tile_compiles(config):
+    if not _INTERPRETED and not warp_specialized_tile_runs(config):
+        why = (
+            "compiles it, but on an H100 its launch never returned"
+            if warp_specialized_tile_compiles(config)
+            else "cannot compile it"
+        )
         raise ValueError(
-            f"config.warp_specialize: Triton {'.'.join(map(str, triton_version()))} cannot compile "
-            f"a warp-specialized tile of {config.block_m} rows (Triton 3.6 does); use "
+            f"config.warp_specialize: a warp-specialized tile of {config.block_m} rows (more than "
+            f"64) is not supported: Triton {'.'.join(map(str, triton_version()))} {why}; use "
             f"warp_specialize=False: {config}"
         )
 

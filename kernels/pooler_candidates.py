@@ -20,7 +20,6 @@ from .pooler import (
     pooler_fwd_stream_k_kernel,
     pooler_fwd_tma_kernel,
     pooler_grid,
-    unspecialized_tile,
     warp_specialized_tile_compiles,
     width_table_configs,
     x_in_registers_launched,
@@ -166,25 +165,11 @@ _SM90_HALF_CANDIDATES = (
     # with TMA loads
     (64, 1024, TileConfig(64, 32, 128, 4, 4, tma=True)),
     (64, 1024, TileConfig(64, 64, 128, 4, 3, tma=True)),
-    # and warp-specialized: a producer warpgroup issues the copies and two consumer warpgroups
-    # the MMAs, each on its own 64 rows (Triton 3.6 makes num_warps 4 into 12 warps at 168
-    # registers, one CTA per SM); the CTA barriers of every K step become mbarrier waits. Only
-    # 128-row tiles: at 64 rows Triton 3.6 cannot split the tile between the two consumers and
-    # each computes all of it (its TTGIR holds two identical partitions), which is why the 64-row
-    # tiles tuned here through run 7 measured about 2x their plain twins. After the seventh run,
-    # unmeasured: cooperative 128x128 (M = 1024 up: one tile per SM at 2048, where the plain
-    # 128x128 s4 tile, also one CTA per SM, won) and 128x256 (the shape cuBLAS-like Hopper GEMMs
-    # use). Triton 3.9 cannot compile them (pooler.warp_specialized_tile_compiles says what the
-    # runtime does then).
-    (1024, 8192, TileConfig(128, 128, 64, 4, 3, tma=True, warp_specialize=True)),
-    (1024, 8192, TileConfig(128, 128, 64, 4, 4, tma=True, warp_specialize=True)),
-    (2048, 8192, TileConfig(128, 256, 64, 4, 2, tma=True, warp_specialize=True)),
-    (2048, 8192, TileConfig(128, 256, 64, 4, 3, tma=True, warp_specialize=True)),
-    # and persistent, the tile loop specialized: the producer copies the next tile's chunks
-    # while the consumers run this tile's epilogue (the overlap the plain persistent tiles were
-    # for; 168 registers, 112-144 KiB). 128x256 spills there (136 B), so not tried.
-    (2048, 8192, TileConfig(128, 128, 64, 4, 3, tma=True, persistent=True, warp_specialize=True)),
-    (2048, 8192, TileConfig(128, 128, 64, 4, 4, tma=True, persistent=True, warp_specialize=True)),
+    # warp-specialized tiles are not tried: at 64 rows Triton 3.6 cannot split the tile between
+    # the two consumer warpgroups and each computes all of it (its TTGIR holds two identical
+    # partitions), which is why the 64-row tiles tuned here through run 7 measured about 2x their
+    # plain twins; the 128-row ones (128x128 s3/s4, 128x256 s2/s3, persistent 128x128 s3/s4)
+    # never returned from their first launch in the eighth run (pooler.warp_specialized_tile_runs)
     # and persistent (unmeasured): at M = 8192 the TMA tile's epilogue adds 3 us that nothing
     # hides (attribution, third run); a tile loop flattened with the K loop lets the pipeliner
     # issue the next tile's copies during this tile's epilogue. The pointer kernel's persistent
@@ -209,17 +194,19 @@ _SM90_HALF_CANDIDATES = (
     # s4: 128 and 144 KiB)
     (1024, 8192, TileConfig(64, 128, 32, 4, 6, tma=True)),
     (1024, 8192, TileConfig(64, 128, 32, 4, 4, tma=True)),
-    # and stream-K (pooler_fwd_stream_k_kernel), unmeasured: one program per SM, each taking an
+    # and stream-K (pooler_fwd_stream_k_kernel): one program per SM, each taking an
     # equal run of all tiles' K chunks. Run 7's tiles leave SMs idle where the tile count is not
     # a multiple of what the SMs hold: 96 128x128 tiles at M = 2048 (36 of 132 SMs idle), 192 at
     # 4096 (60 SMs with two tiles, 72 with one); cuBLAS chose a 192x128 tile there, 132 tiles for
     # 132 SMs, a shape Triton's power-of-two blocks cannot take. Each program here computes 8.7
     # chunks of a 128x128 tile at 2048 instead of 12 on the busiest SM, 17.5 instead of 24 at
     # 4096, at the cost of a 64 KiB fp32 partial written and read once per split tile. 147-151
-    # registers (Triton 3.6; 188 with 3.9), no spills: one program per SM either way.
+    # registers (Triton 3.6; 188 with 3.9), no spills: one program per SM either way. Measured
+    # (eighth run, bf16): 19.4 us at M = 2048, 24.7 at 4096, 36.7 at 8192, 2.2-2.6x the part tiles
+    # and 128x128 below; kept as a candidate for GPUs with other SM counts.
     (1024, 8192, TileConfig(128, 128, 64, 8, 3, tma=True, stream_k=True)),
     (1024, 8192, TileConfig(128, 128, 64, 8, 4, tma=True, stream_k=True)),
-    # and tiles three 64-wide column blocks wide (TileConfig.n_parts), unmeasured: the whole
+    # and tiles three 64-wide column blocks wide (TileConfig.n_parts): the whole
     # tiles that fill the SMs which stream-K splits to get there. 128x(3x64) is 4 x 32 = 128
     # tiles at M = 4096, one wave of one CTA per SM (145 registers; 120 or 160 KiB), each 1.5
     # times a 128x128 tile's work, where 128x128 tiles make 192 (two waves at one CTA per SM);
@@ -227,7 +214,9 @@ _SM90_HALF_CANDIDATES = (
     # s4 tile, one CTA per SM, took 8.50 us at 2048 (one wave) and 15.16 at 4096 (two): ~1.8 us
     # fixed and ~6.7 a wave. Scaled by work alone that predicts ~11.9 us for 128x(3x64) at 4096
     # and ~6.8 for 64x(3x64) at 2048; fewer bytes per output and three MMAs per X chunk may do
-    # better, one warpgroup a CTA (64 rows) worse.
+    # better, one warpgroup a CTA (64 rows) worse. Measured (eighth run): 64x(3x64) s4 won at 2048
+    # (8.0 us; 7.5 with PDL) and s3 at 4096 (11.4; 11.0 with PDL), 0.76-0.77x eager; 128x(3x64)
+    # 12.2 at 2048 and 24.1 at 8192, where the 128x128 s3 tile took 21.4 (bf16).
     (2048, 8192, TileConfig(128, 64, 64, 8, 3, tma=True, n_parts=3)),
     (2048, 8192, TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3)),
     (2048, 4096, TileConfig(64, 64, 64, 4, 3, tma=True, n_parts=3)),
@@ -238,12 +227,14 @@ _SM90_HALF_CANDIDATES = (
     # make one of three) and 64x(3x32) 256 at 2048 (one wave of two an SM)
     (2048, 8192, TileConfig(128, 32, 64, 8, 4, tma=True, n_parts=3)),
     (1024, 4096, TileConfig(64, 32, 64, 4, 4, tma=True, n_parts=3)),
-    # and each of those with its X chunk in registers (TileConfig.x_in_registers), unmeasured:
+    # and each of those with its X chunk in registers (TileConfig.x_in_registers):
     # a part's wgmma reading both operands from shared memory needs 2 KiB + N x 32 B per k16,
     # at the SM's 128 B a clock against 2048 MACs a clock, 32 clocks of each for a 64-wide part
     # and 24 for 16 for a 32-wide one; with X read once for all parts, 21 and 13. Triton 3.6:
     # 138 registers for the 64-wide parts, 90 and 96 for the 32-wide, 8-16 KiB less shared
-    # memory; as many CTAs per SM, and three for 64x(3x32) against two
+    # memory; as many CTAs per SM, and three for 64x(3x32) against two. Measured (eighth run):
+    # slower than the same tile from shared memory everywhere, e.g. 13.0 against 9.3 us (64x(3x64)
+    # s3, bf16, M = 2048)
     (2048, 8192, TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3, x_in_registers=True)),
     (2048, 4096, TileConfig(64, 64, 64, 4, 3, tma=True, n_parts=3, x_in_registers=True)),
     (2048, 8192, TileConfig(128, 32, 64, 8, 4, tma=True, n_parts=3, x_in_registers=True)),
@@ -330,11 +321,6 @@ def inspection_cases() -> list:
                 tags = {"table": "candidate", "m_range": (lo, hi), "only_arch": only,
                         "programs_at": programs_at(cfg, lo, hi)}  # fmt: skip
                 cases.append(inspection_case(name, dtype, cfg, tags))
-                if cfg.warp_specialize and cfg.block_m > 64:
-                    # what pick_config runs instead where Triton cannot compile it
-                    plain = unspecialized_tile(cfg)
-                    name = f"pooler_fwd_fallback {DTYPE_NAMES[dtype]} {arch} {config_label(plain)}"
-                    cases.append(inspection_case(name, dtype, plain, dict(tags, table="fallback")))
     for dtype in (torch.float16, torch.bfloat16):
         for cfg in PDL_INSPECTION_TILES:
             name = f"pooler_fwd_pdl {DTYPE_NAMES[dtype]} sm90 {config_label(cfg)}"

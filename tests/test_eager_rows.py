@@ -218,20 +218,23 @@ def test_the_shipped_h1024_rows_run_eager_where_the_h100_measured_it_faster():
 @pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="needs a CUDA GPU; this machine has none")
 def test_the_shipped_h1024_rows_route_a_real_call_on_an_sm90_gpu(eager_rows):
     # the shipped tables as they are (no rows patched in), on the device they are for: "auto"
-    # runs eager's bits at H = 1024, M = 3000 and the kernel at M = 2048; "triton" the kernel
+    # runs eager's bits at H = 1024 where the rows say eager measured faster, the kernel
+    # elsewhere; "triton" the kernel everywhere
     _, launches = eager_rows
     if pooler.device_arch(torch.device("cuda")) != "sm90":
         pytest.skip("the shipped H = 1024 rows are for sm_90 GPUs; this one is not")
     h = 1024
-    for m, eager in ((3000, True), (2048, False)):
-        hidden = randn(m, 2, h, dtype=torch.float16)
-        weight = randn(h, h, dtype=torch.float16, scale=h**-0.5)
-        bias = randn(h, dtype=torch.float16, scale=0.5)
-        launches.clear()
-        out = bertpool_fast.fused_pooler(hidden, weight, bias)
-        assert launches == ([] if eager else [m]), f"M = {m}"
-        if eager:  # and no prepared launch kept there, so "triton" launches the kernel itself
-            assert torch.equal(out, bertpool_fast.fused_pooler(hidden, weight, bias,
-                                                               backend="torch"))  # fmt: skip
-            bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
-            assert launches == [m]
+    for dtype in (torch.float16, torch.bfloat16):
+        for m in (1000, 2048, 3000, 6000):
+            eager = pooler.eager_measured_faster(m, dtype, "sm90", h)
+            hidden = randn(m, 2, h, dtype=dtype)
+            weight = randn(h, h, dtype=dtype, scale=h**-0.5)
+            bias = randn(h, dtype=dtype, scale=0.5)
+            launches.clear()
+            out = bertpool_fast.fused_pooler(hidden, weight, bias)
+            assert launches == ([] if eager else [m]), f"M = {m}, {dtype}"
+            if eager:  # and no prepared launch kept there, so "triton" launches the kernel itself
+                assert torch.equal(out, bertpool_fast.fused_pooler(hidden, weight, bias,
+                                                                   backend="torch"))  # fmt: skip
+                bertpool_fast.fused_pooler(hidden, weight, bias, backend="triton")
+                assert launches == [m]

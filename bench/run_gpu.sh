@@ -230,10 +230,13 @@ fi
 # The forward pooler's configs only: the full table (every kernel) takes minutes to compile.
 # Inspection compiles for a GPU target, never through the interpreter; a dry run compiles one
 # dtype's sm_90 pooler configs only (the suite's test_inspect compiles them all).
-INSPECT_ARGS=(--kernel pooler)
-if [ "$DRY_RUN" = 1 ]; then INSPECT_ARGS=(--kernel "pooler_fwd fp16" --arch sm_90); fi
-timeout $(( 45 * SLOW )) env -u TRITON_INTERPRET "$PY" -m bertpool_fast inspect "${INSPECT_ARGS[@]}" > "$RESULTS/inspect.txt" 2>&1 || say "inspect failed or did not finish in $(( 45 * SLOW )) s (see $RESULTS/inspect.txt)"
-tail -n 1 "$RESULTS/inspect.txt"
+# INSPECT=0 skips it (a short run whose tiles an earlier run inspected).
+if [ "${INSPECT:-1}" = 1 ]; then
+    INSPECT_ARGS=(--kernel pooler)
+    if [ "$DRY_RUN" = 1 ]; then INSPECT_ARGS=(--kernel "pooler_fwd fp16" --arch sm_90); fi
+    timeout $(( 45 * SLOW )) env -u TRITON_INTERPRET "$PY" -m bertpool_fast inspect "${INSPECT_ARGS[@]}" > "$RESULTS/inspect.txt" 2>&1 || say "inspect failed or did not finish in $(( 45 * SLOW )) s (see $RESULTS/inspect.txt)"
+    tail -n 1 "$RESULTS/inspect.txt"
+fi
 
 say "done in $(( $(date +%s) - START ))s; tune rc=$TUNE_RC, attribution rc=$ATTRIBUTE_RC, GPU tests rc=$TESTS_RC, benchmark rc=$BENCH_RC"
 if [ "$DRY_RUN" != 1 ]; then

@@ -35,8 +35,9 @@ def bias_load_order(sass: str) -> dict:
 
 
 def _cases():
-    # (arch, dtype, config): each distinct half tile of the tables on the architecture it runs
-    # on, and one tile of each non-persistent kernel branch (the PDL inspection tiles, without PDL)
+    # (arch, dtype, config): each distinct non-persistent half tile of the tables on the
+    # architecture it runs on, and one tile of each non-persistent kernel branch (the PDL
+    # inspection tiles, without PDL)
     import torch
 
     from bertpool_fast.kernels import pooler, pooler_candidates
@@ -51,7 +52,8 @@ def _cases():
     for table, arch in (("sm90", "sm_90"), ("default", "sm_80"), ("default", "sm_90")):
         for dtype in (torch.float16, torch.bfloat16):
             for _, cfg in pooler.POOLER_TABLES[table][dtype]:
-                add(arch, dtype, cfg)
+                if not cfg.persistent:
+                    add(arch, dtype, cfg)
     for cfg in pooler_candidates.PDL_INSPECTION_TILES:
         if not cfg.persistent and (pooler.STREAM_K_BIAS_EARLY or not cfg.stream_k):
             add("sm_90", torch.float16, cfg._replace(pdl=False))

@@ -409,18 +409,10 @@ def _json_row(r: InspectResult) -> dict:
     return row
 
 
-def known_failure(r: InspectResult) -> bool:
-    """Whether ``r`` failed as its case says this Triton fails on it (``known_failure`` tag)."""
-    known = r.tags.get("known_failure")
-    return bool(known and r.error and known in r.error)
-
-
 def problems(results: list[InspectResult]) -> list[str]:
     """What a shipped configuration must not do: fail, spill, or miss the tensor cores."""
     found = []
     for r in results:
-        if r.error and known_failure(r):
-            continue  # a candidate this Triton cannot build; the tune rejects it on such a GPU
         if r.error:
             found.append(f"{r.name} ({r.arch}): does not compile")
         elif r.spills:
@@ -435,16 +427,13 @@ def problems(results: list[InspectResult]) -> list[str]:
 def summary(results: list[InspectResult]) -> str:
     """One line under the table, e.g. "0 spills in 82 configs (0 failed to compile, ...)"."""
     spilling = sum(1 for r in results if not r.error and r.spills)
-    failed = sum(1 for r in results if r.error and not known_failure(r))
-    known = sum(1 for r in results if known_failure(r))
+    failed = sum(1 for r in results if r.error)
     no_cores = sum(
         1 for r in results if not r.error and r.expects_tensor_cores and not r.tensor_cores
     )
     return (
         f"{spilling} spill{'' if spilling == 1 else 's'} in {len(results)} configs "
-        f"({failed} failed to compile, "
-        + (f"{known} candidates this Triton is known not to compile, " if known else "")
-        + f"{no_cores} without the tensor-core instructions they need)"
+        f"({failed} failed to compile, {no_cores} without the tensor-core instructions they need)"
     )
 
 
@@ -507,7 +496,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m bertpool_fast 
         print(f"triton {triton.__version__}; {len(cases)} configurations x {', '.join(archs)}")
         print(format_table(results))
         print(summary(results))
-    failed = [r for r in results if r.error and not known_failure(r)]
+    failed = [r for r in results if r.error]
     issues = problems(results)
     if issues and not args.json:
         print("\n" + "\n".join(issues), file=sys.stderr)

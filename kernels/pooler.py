@@ -198,7 +198,6 @@ def eager_measured_faster(
 # persistent, 128x128 and 128x256, fp16 and bf16, H = 768 and 1024) returned within 60 s, where
 # their unspecialized twins took 10-30 us. So pick_config runs such a tile unspecialized on
 # every release, and an explicit config= is refused.
-WARP_SPECIALIZED_ROWS_ERROR = "descriptor block and tensor must have the same number of elements"
 
 
 def warp_specialized_tile_compiles(config: TileConfig) -> bool:

@@ -14,13 +14,11 @@ from .pooler import (
     DTYPE_NAMES,
     POOLER_TABLES,
     STREAM_K_BIAS_EARLY,
-    WARP_SPECIALIZED_ROWS_ERROR,
     pooler_fwd_kernel,
     pooler_fwd_persistent_kernel,
     pooler_fwd_stream_k_kernel,
     pooler_fwd_tma_kernel,
     pooler_grid,
-    warp_specialized_tile_compiles,
     width_table_configs,
     x_in_registers_launched,
 )
@@ -401,8 +399,6 @@ def inspection_case(name: str, dtype: torch.dtype, cfg: TileConfig, tags: dict):
         }
         divisible = ("x_ptr", "w_ptr", "b_ptr", "out_ptr", *scratch, "N", "K", "stride_xm",
                      "stride_wn", "stride_om")  # fmt: skip
-    if not warp_specialized_tile_compiles(cfg):
-        tags = dict(tags, known_failure=WARP_SPECIALIZED_ROWS_ERROR)  # this Triton cannot build it
     return KernelCase(
         name=name,
         kernel=kernel,

@@ -219,6 +219,17 @@ _SM90_HALF_CANDIDATES = (
     (2048, 8192, TileConfig(128, 64, 64, 8, 4, tma=True, n_parts=3)),
     (2048, 4096, TileConfig(64, 64, 64, 4, 3, tma=True, n_parts=3)),
     (2048, 4096, TileConfig(64, 64, 64, 4, 4, tma=True, n_parts=3)),
+    # after the ninth run, unmeasured: M = 2048's winner (64x(3x64)x64 s4, one wave of one CTA an
+    # SM, 7.62 us with PDL against eager's 9.97) with more of its 12 K chunks in flight (5 or 6
+    # stages: 4 or 5 chunks ahead, 160 / 192 KiB), or in 6 chunks of 128 (2 or 3 stages, 128 /
+    # 192 KiB: half the K steps, so half the per-step barriers and waits). 139-142 registers,
+    # no spills (Triton 3.6 and 3.9). Predicted: within a few per cent of s4 either way, since
+    # each part's m64n64 wgmma already reads shared memory at the rate its MMAs need (the part
+    # tiles' limit, NOTES.md); the tune decides
+    (2048, 4096, TileConfig(64, 64, 64, 4, 5, tma=True, n_parts=3)),
+    (2048, 4096, TileConfig(64, 64, 64, 4, 6, tma=True, n_parts=3)),
+    (2048, 4096, TileConfig(64, 64, 128, 4, 2, tma=True, n_parts=3)),
+    (2048, 4096, TileConfig(64, 64, 128, 4, 3, tma=True, n_parts=3)),
     # and three 32-wide blocks (96 columns), whose CTAs are small enough for two an SM (74
     # registers; 80 and 112 KiB at s4), so that one CTA's epilogue runs under the other's loop:
     # 128x(3x32) makes 256 tiles at M = 4096 (one wave of two an SM; the 64x128 s3 winner's 384

@@ -128,7 +128,8 @@ def _contestants(records):
     return sorted({r["contestant"] for r in records}, key=lambda c: (_rank(c), c))
 
 
-def markdown(records: list[dict], env: dict, cal: Optional[dict]) -> str:
+def markdown(records: list[dict], env: dict, cal: Optional[dict],
+             interleaved: Optional[list[dict]] = None) -> str:  # fmt: skip
     idx = _index(records)
     contestants = _contestants(records)
     gpu = any("gpu_us" in r for r in records)
@@ -177,7 +178,11 @@ def markdown(records: list[dict], env: dict, cal: Optional[dict]) -> str:
                 f"{'yes' if r.get('weight_l2_cold') else 'no'} |"
             )
     out += ["", "## Targets (H = 768, fp16 and bf16)", ""]
-    out += targets(records) if gpu else ["Not evaluated: the targets are GPU figures.", ""]
+    out += (
+        targets(records, interleaved)
+        if gpu
+        else ["Not evaluated: the targets are GPU figures.", ""]
+    )
     out += ["## batch_invariant=True: cost against the default tiles", ""]
     out += invariance_cost(records) if gpu else ["Not evaluated: needs GPU times.", ""]
     missing = _missing(records)
@@ -194,27 +199,60 @@ def _verdict(ok: bool, ratio: float, limit: float, higher_is_better: bool = Fals
     return f"MISSED by {miss * 100:.0f}%"
 
 
-def targets(records: list[dict]) -> list[str]:
+def _ratio_cell(t: dict, other: Optional[dict], limit: float) -> str:
+    if other is None:
+        return "not run"
+    ratio = t["gpu_us"] / other["gpu_us"]
+    return f"{ratio:.2f} ({_verdict(ratio <= limit, ratio, limit)})"
+
+
+def _interleaved_cell(r: dict) -> str:
+    ratio, (lo, hi) = r["fused_over_eager"], r["ratio_spread"]
+    verdict = _verdict(ratio <= EAGER_RATIO, ratio, EAGER_RATIO)
+    return f"{ratio:.2f} ({lo:.2f}-{hi:.2f} in {r['rounds']} rounds; {verdict})"
+
+
+def interleaved_section(records: list[dict]) -> list[str]:
+    """test_pooler_interleaved's rounds (records with "bench": "pooler_interleaved")."""
+    if not records:
+        return []
+    lines = ["## GPU time in interleaved rounds: fused / eager BertPooler (<= 0.7 at H = 768)", "",
+             "Each round times eager, then the fused kernel, on the same rotated inputs (CUDA-graph "
+             "replays, median); the ratio is the median of the rounds' ratios, the range theirs. "
+             "The Targets table uses these where they ran.", "",
+             "| dtype | H | B | eager us | fused us | fused / eager (rounds' range) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(records, key=lambda r: (r["dtype"], r["hidden"], r["batch"])):
+        lines.append(f"| {r['dtype']} | {r['hidden']} | {r['batch']} | {r['eager_gpu_us']:.2f} | "
+                     f"{r['gpu_us']:.2f} | {_interleaved_cell(r)} |")  # fmt: skip
+    return lines + ["", ""]
+
+
+def targets(records: list[dict], interleaved: Optional[list[dict]] = None) -> list[str]:
+    """The targets table from test_pooler's cases; the GPU-time ratio to eager from
+    test_pooler_interleaved's rounds where they ran (``interleaved``), from two cases elsewhere."""
     idx = _index(records)
+    rounds = {(r["dtype"], r["batch"]): r for r in interleaved or () if r["hidden"] == TARGET_H}
     lines = ["| dtype | B | triton/eager GPU (<= 0.7) | triton/max-autotune GPU (<= 1.0) | "
              "fraction of GEMM rate (>= 0.6 at B >= 4096) | triton/eager wall (<= 1.0) |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for dtype in TARGET_DTYPES:
         for batch in sorted(
             {r["batch"] for r in records if r["dtype"] == dtype and r["hidden"] == TARGET_H}
+            | {b for d, b in rounds if d == dtype}
         ):
             get = lambda c: idx.get((dtype, TARGET_H, batch, c))  # noqa: E731, B023 (used at once)
             t, e, ma = get("triton"), get("eager"), get("compile_max_autotune")
+            iv = rounds.get((dtype, batch))
             if t is None or "gpu_us" not in t:
+                t = iv  # the rounds' median time stands in for the missing case
+            if t is None:
                 lines.append(f"| {dtype} | {batch} | not run | | | |")
                 continue
-            cells = []
-            for other, limit in ((e, EAGER_RATIO), (ma, AUTOTUNE_RATIO)):
-                if other is None:
-                    cells.append("not run")
-                    continue
-                ratio = t["gpu_us"] / other["gpu_us"]
-                cells.append(f"{ratio:.2f} ({_verdict(ratio <= limit, ratio, limit)})")
+            cells = [
+                _interleaved_cell(iv) if iv is not None else _ratio_cell(t, e, EAGER_RATIO),
+                _ratio_cell(t, ma, AUTOTUNE_RATIO),
+            ]
             frac = t["fraction_of_gemm_rate"]
             if batch >= GEMM_FRACTION_MIN_B:
                 cells.append(
@@ -222,7 +260,7 @@ def targets(records: list[dict]) -> list[str]:
                 )
             else:
                 cells.append(f"{frac:.2f} (no target)")
-            if e is None:
+            if e is None or t is iv:
                 cells.append("not run")
             else:
                 ratio = t["wall_us"] / e["wall_us"]
@@ -386,7 +424,7 @@ def backward_markdown(records: list[dict]) -> list[str]:
 
 # Benches with their own section above; any other bench (heads, masked_pool, ...) gets one generic
 # table. "x eager" divides by the first baseline contestant present for the same case.
-OWN_SECTIONS = ("pooler_fwd", "backward")
+OWN_SECTIONS = ("pooler_fwd", "backward", "pooler_interleaved")
 BASELINES = ("eager", "eager_st")
 
 
@@ -418,15 +456,17 @@ def write_report(json_path: str, out_dir: Optional[str] = None) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     all_records, env, cal = load(json_path)
     records = _records_of(all_records, "pooler_fwd")
+    interleaved = _records_of(all_records, "pooler_interleaved")
     backward = _records_of(all_records, "backward")
     others = other_benches_markdown(all_records)
-    if not records and not backward and not others:
+    if not records and not interleaved and not backward and not others:
         raise ValueError(
             f"{json_path} holds no timed benchmark (was it run with --benchmark-disable?)"
         )
     written = plots(records, env, out_dir) if records else []
     header = f"# bertpool_fast benchmark: {env.get('device', '?')}\n\nStamp: {stamp(env)}.\n\n"
-    text = markdown(records, env, cal) if records else header
+    text = markdown(records, env, cal, interleaved) if records else header
+    text += "\n".join(interleaved_section(interleaved))
     text += "\n".join(per_call_targets(all_records))
     text += "\n".join(backward_markdown(backward))
     text += "\n".join(others)

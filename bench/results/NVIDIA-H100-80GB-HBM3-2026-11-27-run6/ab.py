@@ -1,14 +1,14 @@
 """A/B at B = 8192 (and 4096), H = 768: the fp16 table's persistent tile against the plain 128x128
 s3 TMA tile, with the benchmark's inputs (a fresh [B, S, H] buffer per rotated set) and with the
 tune's (one [B, S, H] buffer, sets on different tokens), eager beside them; three interleaved rounds."""
+
 import statistics
 import sys
 
 import torch
 
-from bench import harness
+from bench import harness, tune
 from bench.test_bench_pooler import SEQ, Inputs, _poolers
-from bench import tune
 from bertpool_fast.kernels.pooler import pooler_fwd
 from bertpool_fast.kernels.tiles import TileConfig, config_label
 
@@ -33,15 +33,25 @@ with torch.inference_mode():
                 for cfg in CFGS:
                     outs = torch.empty(batch, H, dtype=dtype, device="cuda")
                     calls[(name, config_label(cfg))] = (
-                        lambda i, s=ins.sets, c=cfg, o=outs: pooler_fwd(*s[i], "tanh", out=o, config=c), n)
+                        lambda i, s=ins.sets, c=cfg, o=outs: pooler_fwd(
+                            *s[i], "tanh", out=o, config=c
+                        ),
+                        n,
+                    )
             poolers = _poolers(bench_in, dtype)
             calls[("bench", "eager")] = (lambda i, p=poolers, s=bench_in.sets: p[i](s[i][0]), n)
-            for r in range(3):
+            for _r in range(3):
                 for key, (call, k) in calls.items():
                     t = harness.gpu_time(call, k).median_us
                     out.setdefault((batch, str(dtype)[6:], *key), []).append(t)
             del bench_in, tune_in, poolers, calls
             torch.cuda.empty_cache()
 for key, ts in out.items():
-    print(" | ".join(map(str, key)), "|", " ".join(f"{t:.2f}" for t in ts), "| median", f"{statistics.median(ts):.2f}")
+    print(
+        " | ".join(map(str, key)),
+        "|",
+        " ".join(f"{t:.2f}" for t in ts),
+        "| median",
+        f"{statistics.median(ts):.2f}",
+    )
     sys.stdout.flush()

@@ -196,7 +196,7 @@ def _verdict(ok: bool, ratio: float, limit: float, higher_is_better: bool = Fals
     if ok:
         return "met"
     miss = (limit / ratio - 1) if higher_is_better else (ratio / limit - 1)
-    return f"MISSED by {miss * 100:.0f}%"
+    return f"MISSED by {miss * 100:.1f}%" if miss < 0.01 else f"MISSED by {miss * 100:.0f}%"
 
 
 def _ratio_cell(t: dict, other: Optional[dict], limit: float) -> str:

@@ -58,3 +58,9 @@ def test_report_of_rounds_only(tmp_path):
         in text
     )
     assert "## pooler_interleaved" not in text  # its own section, not the generic one
+
+
+def test_a_miss_under_one_per_cent_is_not_written_as_zero():
+    assert report._verdict(False, 0.598, 0.6, higher_is_better=True) == "MISSED by 0.3%"
+    assert report._verdict(False, 0.77, 0.7) == "MISSED by 10%"
+    assert report._verdict(True, 0.69, 0.7) == "met"

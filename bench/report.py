@@ -217,8 +217,9 @@ def interleaved_section(records: list[dict]) -> list[str]:
     if not records:
         return []
     lines = ["## GPU time in interleaved rounds: fused / eager BertPooler (<= 0.7 at H = 768)", "",
-             "Each round times eager, then the fused kernel, on the same rotated inputs (CUDA-graph "
-             "replays, median); the ratio is the median of the rounds' ratios, the range theirs. "
+             "Each round times eager and the fused kernel, in alternating order, on the same "
+             "rotated inputs (CUDA-graph replays, median); the ratio is the median of the rounds' "
+             "ratios, the range theirs. "
              "The Targets table uses these where they ran.", "",
              "| dtype | H | B | eager us | fused us | fused / eager (rounds' range) |",
              "|---|---|---|---|---|---|"]  # fmt: skip

@@ -75,6 +75,15 @@ GRID = _grid()
 class Inputs:
     """``n`` rotated input sets of one case: hidden_states [B, S, H] and nn.Linear weight/bias."""
 
+    @classmethod
+    def for_case(cls, batch: int, hidden: int, dtype: torch.dtype, timed: bool) -> Inputs:
+        """A case's sets: on a GPU when timed, enough of them (``harness.rotation_count``) that the
+        weight is evicted from L2 between two uses of one set; one set otherwise."""
+        nbytes, _ = harness.pooler_traffic(batch, hidden, hidden, dtype.itemsize)
+        allocated = dtype.itemsize * (batch * SEQ * hidden + hidden * hidden + hidden)
+        n = harness.rotation_count(nbytes, allocated) if timed and harness.HAS_CUDA else 1
+        return cls(batch, hidden, dtype, "cuda" if harness.HAS_CUDA else "cpu", n)
+
     def __init__(self, batch: int, hidden: int, dtype: torch.dtype, device: str, n: int):
         self.sets = []
         for _ in range(n):
@@ -149,11 +158,9 @@ def test_pooler_interleaved(request, budget, calibration, bench_results, dtype_n
     if enabled and budget.left() <= 0:
         pytest.skip(f"not enough left of the BENCH_BUDGET_S={budget.seconds:g} s budget")
     dtype = harness.DTYPES_BY_NAME[dtype_name]
-    device = "cuda" if harness.HAS_CUDA else "cpu"
     nbytes, flops = harness.pooler_traffic(batch, hidden, hidden, dtype.itemsize)
-    allocated = dtype.itemsize * (batch * SEQ * hidden + hidden * hidden + hidden)
-    n = harness.rotation_count(nbytes, allocated) if enabled else 1
-    inputs = Inputs(batch, hidden, dtype, device, n)
+    inputs = Inputs.for_case(batch, hidden, dtype, enabled)
+    n = len(inputs.sets)
     with torch.inference_mode():
         calls = {c: make_call(c, inputs, dtype) for c in ("eager", "triton")}
         expected, got = calls["eager"](0), calls["triton"](0)
@@ -196,11 +203,9 @@ def test_pooler(benchmark, request, budget, calibration, bench_results, dtype_na
     if enabled and budget.left() <= MIN_BUDGET_LEFT_S.get(contestant, 0.0):
         pytest.skip(f"not enough left of the BENCH_BUDGET_S={budget.seconds:g} s budget")
     dtype = harness.DTYPES_BY_NAME[dtype_name]
-    device = "cuda" if harness.HAS_CUDA else "cpu"
     nbytes, flops = harness.pooler_traffic(batch, hidden, hidden, dtype.itemsize)
-    allocated = dtype.itemsize * (batch * SEQ * hidden + hidden * hidden + hidden)
-    n = harness.rotation_count(nbytes, allocated) if enabled and harness.HAS_CUDA else 1
-    inputs = Inputs(batch, hidden, dtype, device, n)
+    inputs = Inputs.for_case(batch, hidden, dtype, enabled)
+    n = len(inputs.sets)
 
     with torch.inference_mode():
         call = make_call(contestant, inputs, dtype)
